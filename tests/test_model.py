@@ -87,7 +87,7 @@ def test_missing_and_foreign_model_files(tmp_path: Path) -> None:
     with pytest.raises(ModelFileError, match="does not exist; create one with `slideseg new-model"):
         load_model(tmp_path / "nope.safetensors")
     (tmp_path / "junk.safetensors").write_bytes(b"not a model")
-    with pytest.raises(ModelFileError, match="not a readable .safetensors model file"):
+    with pytest.raises(ModelFileError, match=r"not a readable \.safetensors model file"):
         load_model(tmp_path / "junk.safetensors")
     save_file({"w": torch.zeros(2)}, str(tmp_path / "other.safetensors"))
     with pytest.raises(ModelFileError, match="no slideseg model config"):

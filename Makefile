@@ -1,0 +1,59 @@
+# slideseg — `make demo` runs the whole pipeline on generated data, `make test` runs the tests.
+# Both create the virtualenv (.venv) and install what they need on a fresh machine.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+SLIDESEG := $(VENV)/bin/slideseg
+TORCH_VERSION ?= 2.13.0
+# A CUDA build of torch where an NVIDIA GPU answers, the CPU build (a fraction of the size) elsewhere.
+# Override with `make TORCH_SPEC='torch==X' ...`.
+HAS_GPU := $(shell nvidia-smi -L >/dev/null 2>&1 && echo 1)
+TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
+DEMO ?= demo
+DEMO_SIZE ?= 6000 8000
+
+.PHONY: venv test test-all demo lint typecheck bench clean
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
+		{ echo "slideseg needs Python >= 3.11; run make PYTHON=python3.11 ..."; exit 1; }
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+ifdef TORCH_SPEC
+	$(PY) -m pip install -q "$(TORCH_SPEC)"
+else ifeq ($(HAS_GPU),1)
+	$(PY) -m pip install -q "torch>=2.4"
+else
+	$(PY) -c 'import torch' 2>/dev/null || $(PY) -m pip install -q "torch==$(TORCH_VERSION)+cpu" || \
+		$(PY) -m pip install -q "torch==$(TORCH_VERSION)" --index-url $(TORCH_CPU_INDEX)
+endif
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $@
+
+test: venv
+	$(PY) -m pytest -m "not slow"
+
+test-all: venv
+	$(PY) -m pytest
+
+lint: venv
+	$(VENV)/bin/ruff check slideseg tests benchmarks
+
+typecheck: venv
+	$(VENV)/bin/mypy slideseg
+
+demo: venv
+	mkdir -p $(DEMO)
+	$(SLIDESEG) new-model -o $(DEMO)/unet.safetensors --depth 4 --width 16 --overwrite
+	$(SLIDESEG) synth $(DEMO)/demo.ome.tif --size $(DEMO_SIZE) --overwrite
+	$(SLIDESEG) predict $(DEMO)/demo.ome.tif -o $(DEMO)/demo-mask.zarr --model $(DEMO)/unet.safetensors \
+		--probabilities --overwrite
+	$(SLIDESEG) info $(DEMO)/demo-mask.zarr
+
+bench: venv
+	$(PY) benchmarks/bench_predict.py
+
+clean:
+	rm -rf $(DEMO) benchmarks/out .pytest_cache .hypothesis

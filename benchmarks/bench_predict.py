@@ -1,0 +1,85 @@
+"""End-to-end `predict` throughput and pipeline efficiency on the CPU.
+
+Pipeline efficiency = (engine-only time for exactly the tiles `predict` runs) / (end-to-end wall
+time of `predict`, slide opening, reading, decoding, writing and pyramid included). 1.0 means the
+network never waits for I/O.
+
+    .venv/bin/python benchmarks/bench_predict.py [--size 4096] [--width 16] [--repeat 2]
+
+Prints one JSON line; record it in benchmarks/RESULTS.md with the machine and date.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from slideseg.engines import make_engine
+from slideseg.io import open_slide
+from slideseg.model import UNetConfig, build_unet, load_model, save_model
+from slideseg.predict import PredictConfig, plan_for, predict
+from slideseg.schedule import read_window
+from slideseg.synth import SynthConfig, write_synthetic_slide
+
+
+def engine_only_seconds(slide_path: Path, model_path: Path, cfg: PredictConfig) -> tuple[float, int]:
+    """Time the engine alone on the tiles `predict` would run (tiles read into memory first)."""
+    model = load_model(model_path)
+    engine = make_engine(cfg.engine, model, device=cfg.device, threads=cfg.threads)
+    with open_slide(slide_path, level=cfg.level) as slide:
+        plan = plan_for(slide.shape[:2], model.config.geometry, cfg)
+        batches = []
+        for chunk in plan:
+            window = read_window(slide, chunk.window, model.config.mirror)
+            tiles = [window[t.read.relative_to(chunk.window)] for t in chunk.tiles]
+            for i in range(0, len(tiles), cfg.batch_size):
+                batches.append(np.stack(tiles[i : i + cfg.batch_size]).transpose(0, 3, 1, 2))
+    engine.infer(batches[0])  # warm-up
+    t0 = time.perf_counter()
+    for b in batches:
+        engine.infer(b)
+    return time.perf_counter() - t0, sum(len(b) for b in batches)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--size", type=int, default=4096)
+    ap.add_argument("--width", type=int, default=16)
+    ap.add_argument("--chunk", type=int, default=1024)
+    ap.add_argument("--repeat", type=int, default=2)
+    ap.add_argument("--out", type=Path, default=Path("benchmarks/out"))
+    args = ap.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    slide = args.out / f"synth-{args.size}.ome.tif"
+    if not slide.exists():
+        write_synthetic_slide(slide, SynthConfig(size=(args.size, args.size), seed=0))
+    model_path = args.out / f"unet-w{args.width}.safetensors"
+    mc = UNetConfig(depth=4, width=args.width)
+    save_model(model_path, build_unet(mc, seed=0), mc, {"trained": False})
+    cfg = PredictConfig(chunk=args.chunk, device="cpu", overwrite=True)
+
+    runs = []
+    for _ in range(args.repeat):
+        engine_s, n_tiles = engine_only_seconds(slide, model_path, cfg)
+        t0 = time.perf_counter()
+        result = predict(slide, args.out / "mask.zarr", model_path, cfg)
+        wall = time.perf_counter() - t0
+        runs.append({"engine_s": round(engine_s, 2), "wall_s": round(wall, 2),
+                     "efficiency": round(engine_s / wall, 3),
+                     "output_mp_per_s": round(args.size**2 / 1e6 / wall, 3)})
+    print(json.dumps({
+        "bench": "predict", "size": args.size, "width": args.width, "chunk": args.chunk,
+        "tiles": n_tiles, "plan": result.plan, "engine": result.engine, "runs": runs,
+        "machine": f"{platform.machine()} {platform.processor() or ''} {torch.get_num_threads()} threads".strip(),
+        "date": time.strftime("%Y-%m-%d"),
+    }))
+
+
+if __name__ == "__main__":
+    main()
