@@ -187,18 +187,10 @@ class Slide:
     compression: str | None
 
     def __init__(
-        self,
-        path: Path,
-        format: str,
-        level: int,
-        series: int,
-        array: zarr.Array[Any],
-        axes: _AxisMap,
-        levels: tuple[LevelInfo, ...],
-        mpp: float | None,
-        compression: str | None,
-        closers: Sequence[Callable[[], None]] = (),
-    ) -> None:
+        self, path: Path, format: str, level: int, series: int, array: zarr.Array[Any],
+        axes: _AxisMap, levels: tuple[LevelInfo, ...], mpp: float | None,
+        compression: str | None, closers: Sequence[Callable[[], None]] = (),
+    ) -> None:  # fmt: skip
         self.path, self.format, self.level, self.series = path, format, level, series
         self._array, self._axes, self._closers = array, axes, list(closers)
         self.shape = (*axes.yx(array.shape), axes.channels(array.shape))
@@ -232,9 +224,7 @@ class Slide:
                 f"0 <= x0 <= x1 <= {w}: clip the region to the slide"
             )
         if self._closed:
-            raise SlideReadError(
-                f"{self.path} is closed; expected an open slide: reopen it with open_slide()"
-            )
+            raise SlideReadError(f"{self.path} is closed; expected an open slide: reopen it with open_slide()")
         try:
             region = np.asarray(self._array[self._axes.selection(y0, y1, x0, x1)])
         except _DECODE_ERRORS as e:
@@ -248,32 +238,18 @@ class Slide:
     def describe(self) -> dict[str, Any]:
         """JSON-able summary for ``slideseg info``: format, levels, pixel size, tiles, dtype."""
         here = self.levels[self.level].downsample
-
-        def level_mpp(info: LevelInfo) -> float | None:
-            return None if self.mpp is None else self.mpp * info.downsample / here
-
+        levels = [
+            {"level": i, "shape": list(info.shape), "downsample": info.downsample,
+             "tile": None if info.tile is None else list(info.tile),
+             "mpp": None if self.mpp is None else self.mpp * info.downsample / here}
+            for i, info in enumerate(self.levels)
+        ]  # fmt: skip
         return {
-            "path": str(self.path),
-            "format": self.format,
-            "series": self.series,
-            "level": self.level,
-            "shape": list(self.shape),
-            "channels": self.shape[2],
-            "dtype": str(self.dtype),
-            "mpp": self.mpp,
-            "tile": _maybe_list(self.levels[self.level].tile),
-            "compression": self.compression,
-            "levels": [
-                {
-                    "level": i,
-                    "shape": list(info.shape),
-                    "downsample": info.downsample,
-                    "tile": _maybe_list(info.tile),
-                    "mpp": level_mpp(info),
-                }
-                for i, info in enumerate(self.levels)
-            ],
-        }
+            "path": str(self.path), "format": self.format, "series": self.series,
+            "level": self.level, "shape": list(self.shape), "channels": self.shape[2],
+            "dtype": str(self.dtype), "mpp": self.mpp, "tile": levels[self.level]["tile"],
+            "compression": self.compression, "levels": levels,
+        }  # fmt: skip
 
     def close(self) -> None:
         """Close the file; later reads raise :class:`SlideReadError`. Idempotent."""
@@ -367,20 +343,17 @@ def _tiff_slide(tif: tifffile.TiffFile, path: Path, level: int, series: int) -> 
     infos = level_infos(sizes, [_tiff_tile(lv.keyframe) for lv in levels])
     _check_index("level", level, [_yx_text(info.shape) for info in infos], path)
     array, close_store = _tiff_level_zarr(tif, path, series, level)
+    # the store's array is squeezed like the series; fall back to unsqueezed axes if not
+    axes = next((a for a in (levels[level].axes, levels[level].get_axes(False)) if len(a) == array.ndim), "")
     mpp0 = _tiff_mpp(tif, series)
     compression = tifffile.COMPRESSION(s.keyframe.compression)
     return Slide(
-        path=path,
-        format="ome-tiff" if tif.is_ome else "tiff",
-        level=level,
-        series=series,
-        array=array,
-        axes=parse_axes(levels[level].axes, array.shape, path),
-        levels=infos,
-        mpp=None if mpp0 is None else mpp0 * infos[level].downsample,
-        compression=None if compression == tifffile.COMPRESSION.NONE else compression.name.lower(),
+        path, "ome-tiff" if tif.is_ome else "tiff", level, series, array,
+        parse_axes(axes, array.shape, path), infos,
+        None if mpp0 is None else mpp0 * infos[level].downsample,
+        None if compression == tifffile.COMPRESSION.NONE else compression.name.lower(),
         closers=[tif.close, close_store],
-    )
+    )  # fmt: skip
 
 
 @cache
@@ -406,8 +379,7 @@ def _tiff_level_zarr(
     if isinstance(node, zarr.Group):  # a multiscales store: take the level's array
         arrays = dict(node.arrays())
         node = arrays[str(level)] if len(arrays) > 1 else next(iter(arrays.values()))
-    close = getattr(store, "close", None)
-    return node, close if callable(close) else _noop
+    return node, getattr(store, "close", lambda: None)
 
 
 def _tiff_tile(page: Any) -> tuple[int, int] | None:
@@ -429,20 +401,11 @@ def _tiff_mpp(tif: tifffile.TiffFile, series: int) -> float | None:
 def _ome_mpp(omexml: str, image: int) -> float | None:
     """PhysicalSizeX (in µm) of the ``image``-th OME Image, or None if absent or malformed."""
     try:
-        root = ET.fromstring(omexml)
-    except ET.ParseError:
+        images = [e for e in ET.fromstring(omexml) if e.tag.rsplit("}", 1)[-1] == "Image"]
+        px = next(e for e in images[image] if e.tag.rsplit("}", 1)[-1] == "Pixels")
+        return unit_to_um(float(px.attrib["PhysicalSizeX"]), px.get("PhysicalSizeXUnit", "µm"))
+    except (ET.ParseError, IndexError, StopIteration, KeyError, ValueError):
         return None
-    images = [e for e in root if e.tag.rsplit("}", 1)[-1] == "Image"]
-    if image >= len(images):
-        return None
-    pixels = next((e for e in images[image] if e.tag.rsplit("}", 1)[-1] == "Pixels"), None)
-    if pixels is None or pixels.get("PhysicalSizeX") is None:
-        return None
-    try:
-        size = float(pixels.get("PhysicalSizeX", ""))
-    except ValueError:
-        return None
-    return unit_to_um(size, pixels.get("PhysicalSizeXUnit", "µm"))
 
 
 # --- Zarr and OME-Zarr ----------------------------------------------------------------------
@@ -559,9 +522,7 @@ def _check_index(what: str, index: int, found: Sequence[str], path: Path) -> Non
         )
 
 
-def level_infos(
-    sizes: Sequence[tuple[int, int]], tiles: Sequence[tuple[int, int] | None]
-) -> tuple[LevelInfo, ...]:
+def level_infos(sizes: Sequence[tuple[int, int]], tiles: Sequence[tuple[int, int] | None]) -> tuple[LevelInfo, ...]:
     """Level records from (H, W) per level, level 0 first; downsample is by width.
 
     >>> [i.downsample for i in level_infos([(100, 200), (50, 100)], [None, None])]
@@ -572,11 +533,3 @@ def level_infos(
 
 def _yx_text(yx: tuple[int, int]) -> str:
     return f"{yx[0]}x{yx[1]}"
-
-
-def _maybe_list(t: tuple[int, int] | None) -> list[int] | None:
-    return None if t is None else list(t)
-
-
-def _noop() -> None:
-    return None
