@@ -201,16 +201,11 @@ def synth(
     from slideseg.synth import SynthConfig, write_synthetic_slide
 
     cfg = SynthConfig(size=size, **_given(seed=seed, mpp=mpp, tissue_fraction=tissue_fraction))
-    with chunk_progress(f"synth {output.name}", enabled=progress, console=err) as start:
-        state: dict[str, Any] = {}
+    with chunk_progress(f"synth {output.name}", enabled=progress, console=err, unit="tiles") as start:
+        counter: dict[str, Callable[[int], None]] = {}
 
         def on_tile(done: int, total: int) -> None:
-            if "cb" not in state:
-                state["cb"] = start(total, 0)
-                state["done"] = 0
-            while state["done"] < done:
-                state["cb"](0)
-                state["done"] += 1
+            counter.setdefault("tick", start(total, 0))(0)
 
         result = write_synthetic_slide(output, cfg, overwrite=overwrite, progress=on_tile)
     out.print(f"wrote {result.image_path} ({result.shape[0]} x {result.shape[1]} px, {result.levels} levels, "
@@ -251,10 +246,49 @@ def info(
         print(json.dumps(d, indent=2, default=str))
         return
     table = Table(show_header=False, box=None, title=f"[bold]{path}[/] ({d['kind']})")
-    for key, value in d.items():
-        if key != "kind":
-            table.add_row(key, value if isinstance(value, str) else json.dumps(value, default=str))
+    for key, value in _summary(d).items():
+        table.add_row(key, value)
     out.print(table)
+    if d["kind"] != "model":
+        out.print("[dim](--json shows everything)[/]")
+
+
+def _summary(d: dict[str, Any]) -> dict[str, str]:
+    """One screen of the most useful facts; `--json` has the rest."""
+    rows: dict[str, str] = {}
+    if d["kind"] == "model":
+        cfg = d["config"]
+        rows = {k: json.dumps(v) for k, v in cfg.items()}
+        rows["valid tiles"] = d["valid_tiles"]
+        rows["trained"] = str(d["metadata"].get("trained", "unknown"))
+        return rows
+    levels = d.get("levels") or []
+    shapes = ", ".join("x".join(str(n) for n in lv["shape"]) for lv in levels)
+    if d["kind"] == "slide":
+        rows["format"] = f"{d.get('format')}, {d.get('compression')} compression, tiles {d.get('tile')}"
+        rows["pixels"] = f"{d.get('channels')} channel(s) of {d.get('dtype')}"
+        rows["mpp"] = f"{d['mpp']:.4g} µm/px" if d.get("mpp") else "unknown"
+        rows["levels"] = shapes
+        return rows
+    made = d.get("slideseg") or {}
+    complete = d.get("complete")
+    rows["status"] = "complete" if complete else "INCOMPLETE (level 0 or pyramid unfinished)"
+    rows["levels"] = shapes
+    rows["mpp"] = f"{d['mpp']:.4g} µm/px" if d.get("mpp") else "unknown"
+    rows["classes"] = ", ".join(f"{c['value']} {c['name']}" for c in d.get("classes", []))
+    rows["probabilities"] = "yes" if d.get("probabilities") else "no"
+    mc = made.get("model_config", {})
+    if mc:
+        trained = (made.get("model_metadata") or {}).get("trained", True)
+        rows["model"] = (f"U-Net depth {mc.get('depth')}, width {mc.get('width')}, {mc.get('padding')} padding"
+                         f"{'' if trained else ' (untrained)'}, weights sha256 {str(made.get('weights_sha256'))[:12]}")
+    if made.get("engine"):
+        rows["engine"] = ", ".join(f"{k}={v}" for k, v in made["engine"].items())
+    if made.get("source"):
+        rows["source"] = f"{made['source'].get('path')} (level {made['source'].get('level')})"
+    if made.get("version"):
+        rows["made by"] = f"slideseg {made['version']}"
+    return rows
 
 
 def _is_slideseg_mask(path: Path) -> bool:

@@ -25,15 +25,22 @@ class _MegapixelsPerSecond(ProgressColumn):
     def render(self, task: Task) -> Text:
         elapsed = task.elapsed or 0.0
         mp = task.fields.get("pixels", 0) / 1e6
+        if not task.fields.get("total_px"):
+            return Text("")
         return Text(f"{mp / elapsed:6.2f} MP/s" if elapsed > 0 else "   -- MP/s", style="cyan")
+
+
+ProgressStart = Callable[[int, int], Callable[[int], None]]
+"""``start(n_units, n_pixels)`` returns the callback to call once per finished unit."""
 
 
 @contextmanager
 def chunk_progress(label: str, enabled: bool = True, console: Console | None = None,
-                   interval: float = 10.0) -> Iterator[Callable[[int, int], Callable[[int], None]]]:
-    """Yield a ``start(n_chunks, n_pixels) -> on_chunk(pixels)`` factory for one run.
+                   interval: float = 10.0, unit: str = "chunks") -> Iterator[ProgressStart]:
+    """Yield a ``start(n_units, n_pixels) -> on_unit(pixels)`` factory for one run.
 
-    On a terminal this draws a bar with chunks done/total, megapixels/s and the ETA; otherwise it
+    On a terminal this draws a bar with units done/total, megapixels/s (when ``n_pixels`` > 0) and
+    the ETA; otherwise it
     prints one plain line every ``interval`` seconds (batch logs), and nothing when disabled.
     """
     console = console or Console(stderr=True)
@@ -42,12 +49,12 @@ def chunk_progress(label: str, enabled: bool = True, console: Console | None = N
         return
     if console.is_terminal:
         columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                   TextColumn("chunks"), _MegapixelsPerSecond(), TimeElapsedColumn(), TextColumn("ETA"),
+                   TextColumn(unit), _MegapixelsPerSecond(), TimeElapsedColumn(), TextColumn("ETA"),
                    TimeRemainingColumn())
         with Progress(*columns, console=console) as bar:
 
             def start(n: int, total_px: int) -> Callable[[int], None]:
-                task = bar.add_task(label, total=n, pixels=0)
+                task = bar.add_task(label, total=n, pixels=0, total_px=total_px)
 
                 def on_chunk(pixels: int) -> None:
                     done_px = bar.tasks[task].fields["pixels"] + pixels
@@ -69,10 +76,10 @@ def chunk_progress(label: str, enabled: bool = True, console: Console | None = N
             now = time.monotonic()
             if now - last >= interval or done[0] == n:
                 last = now
-                rate = done[1] / 1e6 / max(now - t0, 1e-9)
-                eta = (total_px - done[1]) / 1e6 / rate if rate > 0 else float("nan")
-                print(f"{label}: {done[0]}/{n} chunks, {rate:.2f} MP/s, ETA {eta:.0f} s",
-                      file=sys.stderr, flush=True)
+                elapsed = max(now - t0, 1e-9)
+                eta = (n - done[0]) * elapsed / done[0]
+                rate = f", {done[1] / 1e6 / elapsed:.2f} MP/s" if total_px else ""
+                print(f"{label}: {done[0]}/{n} {unit}{rate}, ETA {eta:.0f} s", file=sys.stderr, flush=True)
 
         return on_chunk
 
