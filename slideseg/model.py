@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -251,7 +252,7 @@ def save_model(path: str | Path, net: nn.Module, cfg: UNetConfig,
     return weights_sha256(state)
 
 
-def read_model_config(path: str | Path) -> tuple[UNetConfig, dict[str, Any]]:
+def read_model_config(path: str | os.PathLike[str]) -> tuple[UNetConfig, dict[str, Any]]:
     """The configuration and metadata of a model file, without loading its weights."""
     from safetensors import safe_open
 
@@ -277,7 +278,7 @@ def read_model_config(path: str | Path) -> tuple[UNetConfig, dict[str, Any]]:
     return cfg, extra
 
 
-def load_model(path: str | Path) -> LoadedModel:
+def load_model(path: str | os.PathLike[str]) -> LoadedModel:
     """Load a model file into a U-Net in eval mode (CPU). Raises ModelFileError on any mismatch."""
     from safetensors.torch import load_file
 
@@ -296,7 +297,7 @@ def load_model(path: str | Path) -> LoadedModel:
     return LoadedModel(net, cfg, weights_sha256(state), extra, Path(path))
 
 
-def _existing_model_path(path: str | Path) -> Path:
+def _existing_model_path(path: str | os.PathLike[str]) -> Path:
     p = Path(path)
     if not p.is_file():
         raise ModelFileError(

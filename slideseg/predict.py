@@ -91,31 +91,29 @@ def predict(slide_path: str | os.PathLike[str], output: str | os.PathLike[str],
             model_path: str | os.PathLike[str], cfg: PredictConfig = PredictConfig(),
             progress: ProgressStart | None = None) -> PredictResult:
     """Segment one slide into an OME-Zarr label image at ``output``."""
-    from slideseg.engines import make_engine
+    from slideseg.engines import load_engine
     from slideseg.io import open_slide
-    from slideseg.model import load_model
     from slideseg.schedule import ChunkJob, run_chunks
     from slideseg.write import create_mask
 
     _check_paths(Path(slide_path), Path(output))
     t0 = time.perf_counter()
     with open_slide(slide_path, level=cfg.level, series=cfg.series) as slide:
-        model = load_model(model_path)
-        mc = model.config
+        engine = load_engine(model_path, cfg.engine, device=cfg.device, threads=cfg.threads)
+        mc = engine.config
         if slide.shape[2] != mc.in_channels:
             raise ModelFileError(
                 f"the model expects {mc.in_channels} input channel(s) but {slide_path} has "
                 f"{slide.shape[2]}; use a model made with --in-channels {slide.shape[2]}."
             )
         plan = plan_for(slide.shape[:2], mc.geometry, cfg)
-        notes = _notes(model.metadata, mc.mpp, slide.mpp)
-        engine = make_engine(cfg.engine, model, device=cfg.device, threads=cfg.threads)
+        notes = _notes(engine.metadata, mc.mpp, slide.mpp)
         attrs = {
             "version": __version__,
             "predict_config": cfg.to_dict(),
             "model_config": mc.to_dict(),
-            "model_metadata": dict(model.metadata),
-            "weights_sha256": model.weights_sha256,
+            "model_metadata": dict(engine.metadata),
+            "weights_sha256": engine.weights_sha256,
             "engine": engine.describe(),
             "plan": plan.describe(),
             "source": {"path": str(Path(slide_path).resolve()), "level": cfg.level,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from slideseg.engines.base import Engine
 from slideseg.errors import ConfigError
 from slideseg.model import LoadedModel
@@ -18,4 +20,12 @@ def make_engine(name: str, model: LoadedModel, *, device: str = "auto", threads:
     return TorchEngine(model, device=device, threads=threads)
 
 
-__all__ = ["ENGINES", "Engine", "make_engine"]
+def load_engine(model_path: str | os.PathLike[str], name: str = "auto", *, device: str = "auto",
+                threads: int | None = None) -> Engine:
+    """Open the model file at ``model_path`` and build the engine called ``name`` for it."""
+    from slideseg.model import load_model
+
+    return make_engine(name, load_model(model_path), device=device, threads=threads)
+
+
+__all__ = ["ENGINES", "Engine", "load_engine", "make_engine"]

@@ -8,6 +8,7 @@ it on its device. One contract test (``tests/test_engines.py``) runs against eve
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import numpy as np
@@ -22,9 +23,10 @@ class Engine(ABC):
 
     name: ClassVar[str]
 
-    def __init__(self, config: UNetConfig, weights_sha256: str) -> None:
+    def __init__(self, config: UNetConfig, weights_sha256: str, metadata: Mapping[str, Any] | None = None) -> None:
         self.config = config
         self.weights_sha256 = weights_sha256
+        self.metadata: Mapping[str, Any] = dict(metadata or {})
 
     @property
     def geometry(self) -> Geometry:

@@ -36,13 +36,15 @@ class TorchEngine(Engine):
 
     def __init__(self, model: LoadedModel, device: str = "auto", threads: int | None = None,
                  channels_last: bool = True) -> None:
-        super().__init__(model.config, model.weights_sha256)
+        super().__init__(model.config, model.weights_sha256, model.metadata)
         self.device = resolve_device(device)
         if threads is not None and self.device.type == "cpu":
             torch.set_num_threads(threads)
         self.channels_last = channels_last
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
-        self.net = model.net.to(self.device).eval().to(memory_format=self.memory_format)
+        self.net = model.net.to(self.device).eval()
+        if channels_last:
+            self.net = self.net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         mean, std = normalisation(model.config)
         self._mean = torch.from_numpy(mean).to(self.device)
         self._std = torch.from_numpy(std).to(self.device)
