@@ -14,6 +14,7 @@ from slideseg.errors import ConfigError, ModelFileError
 from slideseg.plan import Plan, auto_tile, make_plan
 
 DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("fp32", "fp16", "bf16")
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,10 @@ class PredictConfig:
     """'auto' (CUDA if available), 'cpu' or 'cuda[:N]'."""
     engine: str = "auto"
     """Engine name ('auto' picks the best available)."""
+    precision: str = "fp32"
+    """Arithmetic of the network: 'fp32', 'fp16' or 'bf16' (half precision on GPUs)."""
+    compile: bool = False
+    """Compile the network with torch.compile (PyTorch engine)."""
     probabilities: bool = False
     """Also write per-class probabilities (uint8, 0..255)."""
     overwrite: bool = False
@@ -54,6 +59,8 @@ class PredictConfig:
             raise ConfigError(f"--workers must be >= 1, got {self.workers}")
         if self.threads is not None and self.threads < 1:
             raise ConfigError(f"--threads must be >= 1, got {self.threads}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if not (self.device in DEVICES or self.device.startswith("cuda:")):
             raise ConfigError(f"--device must be one of {', '.join(DEVICES)} or cuda:N, got {self.device!r}")
 
@@ -99,7 +106,8 @@ def predict(slide_path: str | os.PathLike[str], output: str | os.PathLike[str],
     _check_paths(Path(slide_path), Path(output))
     t0 = time.perf_counter()
     with open_slide(slide_path, level=cfg.level, series=cfg.series) as slide:
-        engine = load_engine(model_path, cfg.engine, device=cfg.device, threads=cfg.threads)
+        engine = load_engine(model_path, cfg.engine, device=cfg.device, threads=cfg.threads,
+                             precision=cfg.precision, compile=cfg.compile)
         mc = engine.config
         if slide.shape[2] != mc.in_channels:
             raise ModelFileError(

@@ -25,6 +25,8 @@ def predict(
     series: Annotated[int | None, typer.Option(help="Image series of a multi-series file. [default: 0]")] = None,
     device: Annotated[str | None, typer.Option(help="auto | cpu | cuda[:N]. [default: auto]")] = None,
     engine: Annotated[str | None, typer.Option(help="auto | torch. [default: auto]")] = None,
+    precision: Annotated[str | None, typer.Option(help="fp32 | fp16 | bf16. [default: fp32]")] = None,
+    compile: Annotated[bool | None, typer.Option("--compile", help="torch.compile the network.")] = None,
     probabilities: Annotated[bool | None, typer.Option(
         "--probabilities/--no-probabilities", help="Also write per-class probabilities (uint8).")] = None,
     overwrite: Annotated[bool | None, typer.Option(
@@ -43,7 +45,8 @@ def predict(
     from slideseg.progress import chunk_progress
 
     cfg = PredictConfig(**_given(tile=tile, batch_size=batch_size, chunk=chunk, level=level, series=series,
-                                 device=device, engine=engine, probabilities=probabilities,
+                                 device=device, engine=engine, precision=precision, compile=compile,
+                                 probabilities=probabilities,
                                  overwrite=overwrite, threads=threads, workers=workers))
     model_path = model if model is not None else _default_model()
     with chunk_progress(f"predict {slide.name}", enabled=progress, console=err) as start:
