@@ -108,3 +108,27 @@ def test_greyscale_uint16_slide(tmp_path: Path) -> None:
     predict(slide, tmp_path / "mask.zarr", tmp_path / "g.safetensors", PredictConfig(device="cpu"))
     ids = zarr.open_group(tmp_path / "mask.zarr", mode="r")["0"][:]
     assert ids.shape == (70, 90) and set(np.unique(ids)) <= {0, 1}
+
+
+def test_predict_output_is_valid_ome_ngff_04(tmp_path: Path, model_file: Path) -> None:
+    """What predict writes (not just what the writer can write) validates and opens as a label image."""
+    from ome_zarr.format import FormatV04
+    from ome_zarr.io import parse_url
+    from ome_zarr.reader import Label, Reader
+    from ome_zarr_models.v04.image import Image
+    from ome_zarr_models.v04.image_label import ImageLabel
+
+    slide = write_tiff(tmp_path / "s.ome.tif", random_rgb((1100, 700)), mpp=0.25)
+    out = tmp_path / "mask.zarr"
+    predict(slide, out, model_file, PredictConfig(chunk=256, probabilities=True, device="cpu"))
+    label = ImageLabel.from_zarr(zarr.open_group(out, mode="r"))
+    assert [c.label_value for c in label.attributes.image_label.colors or ()] == [0, 1, 2]
+    Image.from_zarr(zarr.open_group(out / "probabilities", mode="r"))
+    location = parse_url(str(out), fmt=FormatV04())
+    assert location is not None
+    node = next(iter(Reader(location)()))
+    assert any(isinstance(s, Label) for s in node.specs)
+    assert [d.shape for d in node.data] == [(1100, 700), (550, 350)]
+    assert [t[0]["scale"] for t in node.metadata["coordinateTransformations"]] == [[0.25, 0.25], [0.5, 0.5]]
+    ids = np.asarray(node.data[0])
+    np.testing.assert_array_equal(np.asarray(node.data[1]), ids[::2, ::2])
