@@ -1,20 +1,30 @@
-"""``slideseg predict``: slide → plan → engine → Dask chunk tasks → OME-Zarr label image."""
+"""``slideseg predict``: slide → plan → tissue → Dask chunk tasks → OME-Zarr label image.
+
+A run can stop at any moment (walltime, pre-emption, ``kill -9``): each chunk is marked done only
+once it is on disk, and ``resume=True`` runs only the chunks that are not, giving a result that is
+bitwise identical to an uninterrupted run. The pyramid and the final metadata are written once
+level 0 is complete.
+"""
 
 from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from slideseg import __version__
-from slideseg.errors import ConfigError, ModelFileError
+from slideseg.cluster import ClusterConfig, dask_client
+from slideseg.errors import ConfigError, ModelFileError, OutputExistsError, SlideSegError
 from slideseg.plan import Plan, auto_tile, make_plan
+from slideseg.schedule import EngineKey, JobSpec, engine_for, feed, preload_plugin
 
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("fp32", "fp16", "bf16")
+# PredictConfig fields that change the output: a resumed run must match them.
+_OUTPUT_FIELDS = ("tile", "chunk", "level", "series", "probabilities", "precision", "tissue", "tissue_mask")
 
 
 @dataclass(frozen=True)
@@ -24,7 +34,7 @@ class PredictConfig:
     tile: int | None = None
     """Network input tile edge in px; None picks the smallest tile whose output covers a chunk."""
     batch_size: int = 4
-    """Tiles per engine call."""
+    """Tiles per engine call (filled from several chunks when chunks have fewer tiles)."""
     chunk: int = 1024
     """Output chunk edge in px (the Zarr chunk grid; one task per chunk)."""
     level: int = 0
@@ -41,12 +51,16 @@ class PredictConfig:
     """Compile the network with torch.compile (PyTorch engine)."""
     probabilities: bool = False
     """Also write per-class probabilities (uint8, 0..255)."""
+    tissue: bool = True
+    """Run only chunks that hold tissue (detected on a thumbnail); the rest read as background."""
+    tissue_mask: str | None = None
+    """A low-resolution tissue mask to use instead of detection (non-zero = tissue)."""
     overwrite: bool = False
     """Replace an existing output."""
+    resume: bool = False
+    """Continue an interrupted run: run only the chunks the output does not have yet."""
     threads: int | None = None
-    """Threads of the engine's CPU kernels (None: the library's default, all cores)."""
-    workers: int = 2
-    """Threads that read, infer and write chunks concurrently (inference itself is serialised)."""
+    """Threads of the engine's CPU kernels (None: the library's default)."""
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -55,14 +69,14 @@ class PredictConfig:
             raise ConfigError(f"--chunk must be >= 16 px, got {self.chunk}")
         if self.level < 0 or self.series < 0:
             raise ConfigError(f"--level and --series must be >= 0, got {self.level} and {self.series}")
-        if self.workers < 1:
-            raise ConfigError(f"--workers must be >= 1, got {self.workers}")
         if self.threads is not None and self.threads < 1:
             raise ConfigError(f"--threads must be >= 1, got {self.threads}")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if not (self.device in DEVICES or self.device.startswith("cuda:")):
             raise ConfigError(f"--device must be one of {', '.join(DEVICES)} or cuda:N, got {self.device!r}")
+        if self.overwrite and self.resume:
+            raise ConfigError("--overwrite and --resume contradict each other; pick one.")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -83,6 +97,10 @@ class PredictResult:
     plan: dict[str, Any]
     engine: dict[str, Any]
     seconds: float
+    chunks_run: int = 0
+    chunks_skipped: int = 0
+    chunks_already_done: int = 0
+    tissue_fraction: float | None = None
     warnings: tuple[str, ...] = field(default=())
 
     @property
@@ -90,53 +108,70 @@ class PredictResult:
         return self.shape[0] * self.shape[1] / 1e6 / max(self.seconds, 1e-9)
 
 
-ProgressStart = Callable[[int, int], Callable[[int], None]]
-"""Called once with (number of chunks, output pixels); returns the per-chunk callback."""
+class Observer(Protocol):
+    """Receives progress; :mod:`slideseg.progress` draws it."""
+
+    def slide_started(self, name: str, n_chunks: int, n_pixels: int) -> None: ...
+
+    def chunk_done(self, pixels: int, skipped: bool) -> None: ...
+
+
+class _Quiet:
+    def slide_started(self, name: str, n_chunks: int, n_pixels: int) -> None:
+        pass
+
+    def chunk_done(self, pixels: int, skipped: bool) -> None:
+        pass
 
 
 def predict(slide_path: str | os.PathLike[str], output: str | os.PathLike[str],
             model_path: str | os.PathLike[str], cfg: PredictConfig = PredictConfig(),
-            progress: ProgressStart | None = None) -> PredictResult:
+            cluster: ClusterConfig = ClusterConfig(), observer: Observer | None = None) -> PredictResult:
     """Segment one slide into an OME-Zarr label image at ``output``."""
-    from slideseg.engines import load_engine
-    from slideseg.io import open_slide
-    from slideseg.schedule import ChunkJob, run_chunks
-    from slideseg.write import create_mask
+    key = _engine_key(model_path, cfg)
+    with dask_client(cluster, gpu=_wants_gpu(cfg)) as client:
+        return _predict_one(client, Path(slide_path), Path(output), key, cfg, observer or _Quiet())
 
-    _check_paths(Path(slide_path), Path(output))
-    t0 = time.perf_counter()
-    with open_slide(slide_path, level=cfg.level, series=cfg.series) as slide:
-        engine = load_engine(model_path, cfg.engine, device=cfg.device, threads=cfg.threads,
-                             precision=cfg.precision, compile=cfg.compile)
-        mc = engine.config
-        if slide.shape[2] != mc.in_channels:
-            raise ModelFileError(
-                f"the model expects {mc.in_channels} input channel(s) but {slide_path} has "
-                f"{slide.shape[2]}; use a model made with --in-channels {slide.shape[2]}."
-            )
-        plan = plan_for(slide.shape[:2], mc.geometry, cfg)
-        notes = _notes(engine.metadata, mc.mpp, slide.mpp)
-        attrs = {
-            "version": __version__,
-            "predict_config": cfg.to_dict(),
-            "model_config": mc.to_dict(),
-            "model_metadata": dict(engine.metadata),
-            "weights_sha256": engine.weights_sha256,
-            "engine": engine.describe(),
-            "plan": plan.describe(),
-            "source": {"path": str(Path(slide_path).resolve()), "level": cfg.level,
-                       "series": cfg.series, "shape": list(slide.shape), "mpp": slide.mpp},
-        }
-        writer = create_mask(output, plan.shape, cfg.chunk, _label_classes(mc), slide.mpp, attrs,
-                             probabilities=cfg.probabilities, overwrite=cfg.overwrite)
-        job = ChunkJob(plan, slide, engine, writer, mc.mirror, cfg.batch_size, cfg.probabilities)
-        on_chunk = progress(plan.n_chunks, plan.shape[0] * plan.shape[1]) if progress else None
-        gy, gx = plan.grid
-        run_chunks(job, ((iy, ix) for iy in range(gy) for ix in range(gx)),
-                   workers=cfg.workers, progress=on_chunk)
-        writer.finalize(num_workers=cfg.workers)
-    return PredictResult(Path(output), plan.shape, slide.mpp, plan.describe(), engine.describe(),
-                         time.perf_counter() - t0, tuple(notes))
+
+@dataclass(frozen=True)
+class BatchItem:
+    """The outcome for one slide of :func:`predict_many`."""
+
+    slide: Path
+    output: Path
+    result: PredictResult | None = None
+    skipped: str | None = None
+    error: str | None = None
+
+
+def predict_many(slides: Sequence[str | os.PathLike[str]], outdir: str | os.PathLike[str],
+                 model_path: str | os.PathLike[str], cfg: PredictConfig = PredictConfig(),
+                 cluster: ClusterConfig = ClusterConfig(), observer: Observer | None = None) -> list[BatchItem]:
+    """Segment several slides into ``outdir/<name>.zarr`` on one cluster; outputs that are already
+    complete are skipped, and one slide's error does not stop the others."""
+    out = Path(outdir)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{out} is a file; with several slides -o must be a directory.")
+    out.mkdir(parents=True, exist_ok=True)
+    targets = [(Path(s), out / (_stem(Path(s)) + ".zarr")) for s in slides]
+    dupes = {t for _, t in targets if sum(t == u for _, u in targets) > 1}
+    if dupes:
+        raise ConfigError(f"several slides would write {sorted(map(str, dupes))[0]}; give them distinct names.")
+    key = _engine_key(model_path, cfg)
+    items = []
+    with dask_client(cluster, gpu=_wants_gpu(cfg)) as client:
+        for slide, target in targets:
+            if not cfg.overwrite and _is_complete(target):
+                items.append(BatchItem(slide, target, skipped="already complete"))
+                continue
+            one = cfg if not target.exists() or cfg.overwrite else PredictConfig(**{**cfg.to_dict(), "resume": True})
+            try:
+                result = _predict_one(client, slide, target, key, one, observer or _Quiet())
+            except SlideSegError as exc:
+                items.append(BatchItem(slide, target, error=str(exc)))
+            else:
+                items.append(BatchItem(slide, target, result=result))
+    return items
 
 
 def plan_for(shape: tuple[int, int], geometry: Any, cfg: PredictConfig) -> Plan:
@@ -147,11 +182,144 @@ def plan_for(shape: tuple[int, int], geometry: Any, cfg: PredictConfig) -> Plan:
                      chunk=cfg.chunk, tile_output=geometry.usable_output(tile))
 
 
-def _label_classes(mc: Any) -> list[Any]:
-    from slideseg.write import LabelClass
+# ----------------------------------------------------------------------------------- one slide
 
-    return [LabelClass(k, name, rgba) for k, (name, rgba) in enumerate(zip(mc.class_names, mc.class_colors,
-                                                                             strict=True))]
+
+def _predict_one(client: Any, slide_path: Path, output: Path, key: EngineKey, cfg: PredictConfig,
+                 observer: Observer) -> PredictResult:
+    from slideseg.io import open_slide
+
+    t0 = time.perf_counter()
+    _check_paths(slide_path, output)
+    with open_slide(slide_path, level=cfg.level, series=cfg.series) as slide:
+        shape, channels, mpp = slide.shape[:2], slide.shape[2], slide.mpp
+    resources: dict[str, float] | None = {"GPU": 1.0} if _wants_gpu(cfg) else None
+    client.register_plugin(preload_plugin(key))
+    info = client.submit(_engine_info, key, pure=False, resources=resources).result()
+    mc = info["config"]
+    if channels != mc.in_channels:
+        raise ModelFileError(
+            f"the model expects {mc.in_channels} input channel(s) but {slide_path} has {channels}; "
+            f"use a model made with --in-channels {channels}."
+        )
+    plan = plan_for(shape, mc.geometry, cfg)
+    attrs = {
+        "version": __version__, "predict_config": cfg.to_dict(), "model_config": mc.to_dict(),
+        "model_metadata": dict(info["metadata"]), "weights_sha256": info["weights_sha256"],
+        "engine": info["describe"], "plan": plan.describe(),
+        "source": {"path": str(slide_path.resolve()), "level": cfg.level, "series": cfg.series,
+                   "shape": [*shape, channels], "mpp": mpp},
+    }
+    writer, tissue = _open_output(output, plan, mc, mpp, attrs, cfg, slide_path)
+    done = writer.done()
+    gy, gx = plan.grid
+    todo = [(iy, ix) for iy in range(gy) for ix in range(gx) if not done[iy, ix]]
+    run = [c for c in todo if tissue is None or tissue.covers(plan.chunk(*c).box)]
+    skip = sorted(set(todo) - set(run))
+    observer.slide_started(slide_path.name, len(todo), sum(plan.chunk(*c).box.area for c in todo))
+    for iy, ix in skip:
+        writer.write_background(iy, ix)
+        observer.chunk_done(plan.chunk(iy, ix).box.area, True)
+    spec = JobSpec(str(slide_path), cfg.level, cfg.series, str(output), plan, key, mc.mirror, cfg.probabilities)
+    in_flight = 2 * sum(client.nthreads().values()) or 4
+    feed(client, spec, run, max_in_flight=in_flight, resources=resources,
+         on_done=lambda px: observer.chunk_done(px, False))
+    writer.finalize()
+    return PredictResult(output, shape, mpp, plan.describe(), info["describe"], time.perf_counter() - t0,
+                         chunks_run=len(run), chunks_skipped=len(skip), chunks_already_done=int(done.sum()),
+                         tissue_fraction=tissue.fraction if tissue is not None else None,
+                         warnings=tuple(_notes(info["metadata"], mc.mpp, mpp)))
+
+
+def _open_output(output: Path, plan: Plan, mc: Any, mpp: float | None, attrs: dict[str, Any],
+                 cfg: PredictConfig, slide_path: Path) -> tuple[Any, Any]:
+    """A writer for ``output`` (new, replaced, or resumed after checks) and the tissue mask to use."""
+    from slideseg.tissue import TissueMask, detect_tissue, load_tissue_mask
+    from slideseg.write import LabelClass, create_mask, describe_mask, open_mask, open_mask_writer
+
+    if output.exists() and cfg.resume:
+        _check_resumable(output, attrs, describe_mask(output))
+        writer = open_mask_writer(output)
+        group = open_mask(output)
+        return writer, (TissueMask.from_zarr(group["tissue"]) if "tissue" in group else None)
+    if output.exists() and not cfg.overwrite:
+        raise OutputExistsError(f"{output} exists; pass --resume to finish it or --overwrite to replace it.")
+    tissue = None
+    if cfg.tissue_mask:
+        tissue = load_tissue_mask(cfg.tissue_mask, plan.shape)
+    elif cfg.tissue:
+        tissue = detect_tissue(slide_path, cfg.level, cfg.series)
+    classes = [LabelClass(k, n, c) for k, (n, c) in enumerate(zip(mc.class_names, mc.class_colors, strict=True))]
+    writer = create_mask(output, plan.shape, cfg.chunk, classes, mpp, attrs,
+                         probabilities=cfg.probabilities, overwrite=cfg.overwrite)
+    if tissue is not None:
+        writer.write_tissue(tissue.mask, tissue.attrs())
+    return writer, tissue
+
+
+def _check_resumable(output: Path, attrs: Mapping[str, Any], existing: Mapping[str, Any]) -> None:
+    """Refuse to mix two different computations in one output."""
+    old = existing["slideseg"]
+    why = []
+    if old.get("weights_sha256") != attrs["weights_sha256"]:
+        why.append("the model weights differ")
+    if old.get("model_config") != attrs["model_config"]:
+        why.append("the model config differs")
+    old_cfg, new_cfg = old.get("predict_config", {}), attrs["predict_config"]
+    why += [f"{k} was {old_cfg.get(k)!r}, now {new_cfg.get(k)!r}" for k in _OUTPUT_FIELDS
+            if old_cfg.get(k) != new_cfg.get(k)]
+    for k in ("engine", "device"):
+        if old.get("engine", {}).get(k) != attrs["engine"].get(k):
+            why.append(f"the {k} was {old.get('engine', {}).get(k)}, now {attrs['engine'].get(k)}")
+    if old.get("source", {}).get("path") != attrs["source"]["path"]:
+        why.append(f"it was made from {old.get('source', {}).get('path')}")
+    if why:
+        raise ConfigError(f"cannot resume {output}: {'; '.join(why)}. Resume with the original settings, "
+                          "or pass --overwrite to start again.")
+
+
+def _engine_info(key: EngineKey) -> dict[str, Any]:
+    """Runs on a worker: load (or reuse) the engine and say what it is."""
+    engine = engine_for(key).engine
+    return {"config": engine.config, "weights_sha256": engine.weights_sha256,
+            "metadata": dict(engine.metadata), "describe": engine.describe()}
+
+
+def _engine_key(model_path: str | os.PathLike[str], cfg: PredictConfig) -> EngineKey:
+    from slideseg.model import read_model_config
+
+    path = Path(model_path)
+    if path.suffix == ".safetensors":
+        read_model_config(path)  # fail fast, here, on a missing or foreign model file
+    return EngineKey(str(path.resolve()), cfg.engine, cfg.device, cfg.threads, cfg.precision, cfg.compile,
+                     cfg.batch_size)
+
+
+def _wants_gpu(cfg: PredictConfig) -> bool:
+    if cfg.device.startswith("cuda"):
+        return True
+    if cfg.device == "cpu":
+        return False
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
+def _is_complete(output: Path) -> bool:
+    from slideseg.write import describe_mask
+
+    try:
+        return output.exists() and bool(describe_mask(output)["complete"])
+    except SlideSegError:
+        return False
+
+
+def _stem(path: Path) -> str:
+    name = path.name
+    for suffix in (".ome.tiff", ".ome.tif", ".ome.zarr", ".tiff", ".tif", ".svs", ".ndpi", ".zarr"):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return path.stem
 
 
 def _check_paths(slide: Path, output: Path) -> None:

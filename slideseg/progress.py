@@ -6,6 +6,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from rich.console import Console
 from rich.progress import (
@@ -84,3 +85,72 @@ def chunk_progress(label: str, enabled: bool = True, console: Console | None = N
         return on_chunk
 
     yield start_plain
+
+
+class PredictProgress:
+    """Progress of a ``predict`` run over one or more slides (an ``Observer`` for
+    :func:`slideseg.predict.predict`): a rich display on a terminal with slides done, chunks done,
+    megapixels/s, chunks skipped as background and the ETA; plain periodic lines otherwise."""
+
+    def __init__(self, n_slides: int = 1, console: Console | None = None, enabled: bool = True,
+                 interval: float = 10.0) -> None:
+        self.console = console or Console(stderr=True)
+        self.enabled = enabled
+        self.interval = interval
+        self.n_slides = n_slides
+        self._bar: Progress | None = None
+        self._slides_task: Any = None
+        self._task: Any = None
+        self._slide = 0
+        self._plain: dict[str, Any] = {}
+
+    def __enter__(self) -> PredictProgress:
+        if self.enabled and self.console.is_terminal:
+            columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                       _MegapixelsPerSecond(), TextColumn("{task.fields[skipped]}"), TimeElapsedColumn(),
+                       TextColumn("ETA"), TimeRemainingColumn())
+            self._bar = Progress(*columns, console=self.console)
+            self._bar.__enter__()
+            if self.n_slides > 1:
+                self._slides_task = self._bar.add_task("slides", total=self.n_slides, pixels=0, total_px=0,
+                                                       skipped="")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            self._bar.__exit__(None, None, None)
+
+    def slide_started(self, name: str, n_chunks: int, n_pixels: int) -> None:
+        self._slide += 1
+        if self._bar is not None:
+            if self._task is not None:
+                self._bar.remove_task(self._task)
+                if self._slides_task is not None:
+                    self._bar.advance(self._slides_task)
+            self._task = self._bar.add_task(name, total=n_chunks, pixels=0, total_px=n_pixels, skipped="", n_skip=0)
+        elif self.enabled:
+            now = time.monotonic()
+            self._plain = {"name": name, "n": n_chunks, "done": 0, "skip": 0, "px": 0, "t0": now, "last": now}
+            print(f"predict {name} ({self._slide}/{self.n_slides}): {n_chunks} chunks to do",
+                  file=sys.stderr, flush=True)
+
+    def chunk_done(self, pixels: int, skipped: bool) -> None:
+        if self._bar is not None and self._task is not None:
+            task = self._bar.tasks[self._task]
+            n_skip = task.fields["n_skip"] + skipped
+            self._bar.update(self._task, advance=1, pixels=task.fields["pixels"] + (0 if skipped else pixels),
+                             n_skip=n_skip, skipped=f"{n_skip} background" if n_skip else "")
+            return
+        if not self.enabled or not self._plain:
+            return
+        p = self._plain
+        p["done"] += 1
+        p["skip"] += skipped
+        p["px"] += 0 if skipped else pixels
+        now = time.monotonic()
+        if now - p["last"] >= self.interval or p["done"] == p["n"]:
+            p["last"] = now
+            elapsed = max(now - p["t0"], 1e-9)
+            eta = (p["n"] - p["done"]) * elapsed / p["done"]
+            print(f"predict {p['name']}: {p['done']}/{p['n']} chunks ({p['skip']} background), "
+                  f"{p['px'] / 1e6 / elapsed:.2f} MP/s, ETA {eta:.0f} s", file=sys.stderr, flush=True)

@@ -1,21 +1,28 @@
 """Scheduling: one Dask task per output chunk reads its haloed window, runs its tiles through the
-engine in batches and writes exactly that chunk. No chunk is ever written by two tasks.
+engine and writes exactly that chunk. No chunk is ever written by two tasks.
 
-The engine serialises its own calls (one inference at a time per device), so the other worker
-threads spend that time reading, decoding, post-processing and compressing the next chunks.
+Tasks are fed to the Dask scheduler a bounded number at a time, so memory does not grow with the
+slide. A task carries only a small picklable :class:`JobSpec`; each worker process opens the
+slide, the output and the model once (cached per process, preloaded by a worker plugin). Inside a
+process, one consumer thread per engine runs inference (:class:`Batcher`), filling batches with
+tiles from several chunks, while the other threads read, decode, post-process and compress.
 """
 
 from __future__ import annotations
 
+import queue
 import threading
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future
 from dataclasses import dataclass
 from itertools import islice
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
 from slideseg.engines.base import Engine
+from slideseg.model import UNetConfig
 from slideseg.plan import Box, ChunkPlan, MirrorMode, Plan, mirror_index
 
 
@@ -28,14 +35,15 @@ class RegionReader(Protocol):
     def read(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray: ...
 
 
-class ChunkSink(Protocol):
-    """What the scheduler needs of an output: one write per chunk."""
+class Inferrer(Protocol):
+    """An engine, or a :class:`Batcher` in front of one."""
 
-    def write_chunk(self, iy: int, ix: int, ids: np.ndarray, probs: np.ndarray | None = None) -> None: ...
+    config: UNetConfig
+
+    def infer(self, batch: np.ndarray) -> np.ndarray: ...
 
 
-ProgressFn = Callable[[int], None]
-"""Called with the number of output pixels of each finished chunk."""
+# ------------------------------------------------------------------------------- one chunk (pure-ish)
 
 
 def read_window(slide: RegionReader, window: Box, mode: MirrorMode) -> np.ndarray:
@@ -50,7 +58,7 @@ def read_window(slide: RegionReader, window: Box, mode: MirrorMode) -> np.ndarra
     return region[np.ix_(iy - y0, ix - x0)]
 
 
-def infer_chunk(slide: RegionReader, engine: Engine, chunk: ChunkPlan, mode: MirrorMode,
+def infer_chunk(slide: RegionReader, engine: Inferrer, chunk: ChunkPlan, mode: MirrorMode,
                 batch_size: int) -> np.ndarray:
     """Float32 logits (K, h, w) of one chunk, assembled from its tiles."""
     window = read_window(slide, chunk.window, mode)  # (Y, X, C)
@@ -81,43 +89,173 @@ def to_uint8_probabilities(probs: np.ndarray) -> np.ndarray:
     return np.rint(probs * 255.0).astype(np.uint8)
 
 
-@dataclass(frozen=True)
-class ChunkJob:
-    """Everything one chunk task needs; shared read-only between tasks."""
+# ------------------------------------------------------------------------------------ batching
 
+
+class Batcher:
+    """One inference consumer thread in front of an engine: callers from many threads block in
+    :meth:`infer`; the consumer concatenates waiting requests into batches of up to ``batch_size``
+    tiles. Per-tile results do not depend on which tiles share a batch (checked for the CPU engine
+    in the tests), so batching never changes the output."""
+
+    def __init__(self, engine: Engine, batch_size: int) -> None:
+        self.engine = engine
+        self.config = engine.config
+        self.batch_size = batch_size
+        self._requests: queue.Queue[tuple[np.ndarray, Future[np.ndarray]]] = queue.Queue()
+        self._thread = threading.Thread(target=self._consume, name="slideseg-infer", daemon=True)
+        self._thread.start()
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        done: Future[np.ndarray] = Future()
+        self._requests.put((batch, done))
+        return done.result()
+
+    def _consume(self) -> None:
+        while True:
+            pending = [self._requests.get()]
+            n = len(pending[0][0])
+            while n < self.batch_size:
+                try:
+                    req = self._requests.get_nowait()
+                except queue.Empty:
+                    break
+                if n + len(req[0]) > self.batch_size or req[0].shape[1:] != pending[0][0].shape[1:]:
+                    self._run(pending)
+                    pending, n = [req], len(req[0])
+                    continue
+                pending.append(req)
+                n += len(req[0])
+            self._run(pending)
+
+    def _run(self, pending: list[tuple[np.ndarray, Future[np.ndarray]]]) -> None:
+        try:
+            batch = pending[0][0] if len(pending) == 1 else np.concatenate([b for b, _ in pending])
+            logits = self.engine.infer(batch)
+        except BaseException as exc:  # handed to every waiting caller
+            for _, fut in pending:
+                fut.set_exception(exc)
+            return
+        start = 0
+        for b, fut in pending:
+            fut.set_result(logits[start : start + len(b)])
+            start += len(b)
+
+
+# ------------------------------------------------------------------------- tasks and their state
+
+
+@dataclass(frozen=True)
+class EngineKey:
+    """What identifies a loaded engine in a worker process."""
+
+    model_path: str
+    name: str = "auto"
+    device: str = "auto"
+    threads: int | None = None
+    precision: str = "fp32"
+    compile: bool = False
+    batch_size: int = 4
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """Everything a chunk task needs, small and picklable: a worker reopens the rest."""
+
+    slide_path: str
+    level: int
+    series: int
+    output: str
     plan: Plan
-    slide: RegionReader
-    engine: Engine
-    sink: ChunkSink
-    mode: MirrorMode
-    batch_size: int
+    engine: EngineKey
+    mirror: MirrorMode
     probabilities: bool
 
-    def run(self, iy: int, ix: int) -> int:
-        """Read, infer and write chunk ``(iy, ix)``; return its output pixel count."""
-        chunk = self.plan.chunk(iy, ix)
-        logits = infer_chunk(self.slide, self.engine, chunk, self.mode, self.batch_size)
-        ids = logits.argmax(axis=0).astype(np.uint8)
-        probs = to_uint8_probabilities(softmax(logits)) if self.probabilities else None
-        self.sink.write_chunk(iy, ix, ids, probs)
-        return chunk.box.area
+
+_LOCK = threading.Lock()
+_ENGINES: dict[EngineKey, Batcher] = {}
+_JOBS: OrderedDict[JobSpec, tuple[Any, Any]] = OrderedDict()
+_MAX_OPEN_JOBS = 4
 
 
-def run_chunks(job: ChunkJob, indices: Iterable[tuple[int, int]], *, workers: int,
-               progress: ProgressFn | None = None) -> None:
-    """Run ``job`` over the chunk ``indices`` on Dask's threaded scheduler with ``workers`` threads."""
-    import dask
+def engine_for(key: EngineKey) -> Batcher:
+    """The engine of ``key`` in this process, loaded on first use."""
+    with _LOCK:
+        if key not in _ENGINES:
+            from slideseg.engines import load_engine
 
-    lock = threading.Lock()
+            engine = load_engine(key.model_path, key.name, device=key.device, threads=key.threads,
+                                 precision=key.precision, compile=key.compile)
+            _ENGINES[key] = Batcher(engine, key.batch_size)
+        return _ENGINES[key]
 
-    def task(iy: int, ix: int) -> None:
-        n = job.run(iy, ix)
-        if progress is not None:
-            with lock:
-                progress(n)
 
-    tasks = [dask.delayed(task, pure=False)(iy, ix) for iy, ix in indices]
-    dask.compute(*tasks, scheduler="threads", num_workers=workers)
+def _job_state(spec: JobSpec) -> tuple[Any, Any]:
+    """(slide, mask writer) of ``spec`` in this process, opened on first use."""
+    with _LOCK:
+        if spec in _JOBS:
+            _JOBS.move_to_end(spec)
+            return _JOBS[spec]
+        from slideseg.io import open_slide
+        from slideseg.write import open_mask_writer
+
+        state = (open_slide(spec.slide_path, level=spec.level, series=spec.series),
+                 open_mask_writer(spec.output))
+        _JOBS[spec] = state
+        while len(_JOBS) > _MAX_OPEN_JOBS:
+            _, (old_slide, _) = _JOBS.popitem(last=False)
+            old_slide.close()
+        return state
+
+
+def run_chunk(spec: JobSpec, iy: int, ix: int) -> int:
+    """The Dask task: read, infer and write chunk ``(iy, ix)``; return its output pixel count."""
+    slide, writer = _job_state(spec)
+    engine = engine_for(spec.engine)
+    chunk = spec.plan.chunk(iy, ix)
+    logits = infer_chunk(slide, engine, chunk, spec.mirror, spec.engine.batch_size)
+    ids = logits.argmax(axis=0).astype(np.uint8)
+    probs = to_uint8_probabilities(softmax(logits)) if spec.probabilities else None
+    writer.write_chunk(iy, ix, ids, probs)
+    return chunk.box.area
+
+
+def preload_plugin(key: EngineKey) -> Any:
+    """A worker plugin that loads the engine once per worker as it joins (idempotent)."""
+    from distributed.diagnostics.plugin import WorkerPlugin
+
+    class _Preload(WorkerPlugin):
+        name = f"slideseg-engine-{abs(hash(key)):x}"
+
+        def setup(self, worker: Any) -> None:
+            engine_for(key)
+
+    return _Preload()
+
+
+def feed(client: Any, spec: JobSpec, indices: Iterable[tuple[int, int]], *, max_in_flight: int,
+         on_done: Callable[[int], None] | None = None, resources: dict[str, float] | None = None) -> None:
+    """Submit ``run_chunk`` for each chunk index, keeping at most ``max_in_flight`` tasks queued.
+
+    The first task error cancels the rest and is raised here.
+    """
+    from distributed import as_completed
+
+    it = iter(indices)
+    pending = as_completed()
+    for iy, ix in islice(it, max_in_flight):
+        pending.add(client.submit(run_chunk, spec, iy, ix, pure=False, resources=resources))
+    try:
+        for fut in pending:
+            pixels = fut.result()
+            if on_done is not None:
+                on_done(pixels)
+            nxt = next(it, None)
+            if nxt is not None:
+                pending.add(client.submit(run_chunk, spec, *nxt, pure=False, resources=resources))
+    except BaseException:
+        client.cancel(list(pending.futures))
+        raise
 
 
 def _batched(items: tuple, n: int) -> Iterator[tuple]:

@@ -6,10 +6,15 @@ Layout of ``mask.zarr`` (the root group is the label image)::
         .zattrs          multiscales, image-label, slideseg (how it was made; complete or not)
         0/ 1/ ...        uint8 class ids (Y, X), chunks (chunk, chunk), x2 nearest-neighbour pyramid
         probabilities/   optional multiscale image, uint8 (K, Y, X), chunks (1, chunk, chunk)
+        chunks_done      uint8 (grid Y, grid X), one Zarr chunk per element: 1 once a level-0 chunk
+                         (and its probabilities) is on disk; how --resume knows what is left
+        tissue           optional uint8 low-resolution tissue mask that decided which chunks ran
 
-Level 0 is written by :meth:`MaskWriter.write_chunk`, one call per chunk, from any thread (one
-writer per chunk is what Zarr v2 makes safe); :meth:`MaskWriter.finalize` then builds the
-pyramid one output chunk at a time and marks the mask complete.
+Level 0 is written by :meth:`MaskWriter.write_chunk`, one call per chunk, from any thread or
+process (one writer per chunk is what Zarr v2 makes safe). Each Zarr chunk file is replaced
+atomically, and a chunk is marked done only after its data is written, so a run killed at any
+moment leaves every chunk either done or to be redone. :meth:`MaskWriter.finalize` then builds
+the pyramid one output chunk at a time and marks the mask complete.
 """
 
 from __future__ import annotations
@@ -46,9 +51,11 @@ NGFF_VERSION = "0.4"
 PYRAMID_STOP = 1024
 """The pyramid ends at the first level whose longer side is at most this many pixels."""
 PROBABILITIES = "probabilities"
+DONE = "chunks_done"
+TISSUE = "tissue"
 _CODEC = {"cname": "zstd", "clevel": 5, "shuffle": Blosc.BITSHUFFLE}
 # Entries a mask directory may hold; anything else means it is not ours to delete.
-_OWN_ENTRIES = {".zgroup", ".zattrs", ".zmetadata", PROBABILITIES}
+_OWN_ENTRIES = {".zgroup", ".zattrs", ".zmetadata", PROBABILITIES, DONE, TISSUE}
 _REQUIRED_ATTRS = ("multiscales", "image-label", "slideseg")
 
 
@@ -167,6 +174,7 @@ class MaskWriter:
         self._group, self._classes, self._mpp, self._attrs = group, classes, mpp, attrs
         self._level0 = _array(group, "0")
         self._probs = _array(group, f"{PROBABILITIES}/0") if PROBABILITIES in group else None
+        self._done = _array(group, DONE)
         self._finalized = False
 
     @property
@@ -205,6 +213,29 @@ class MaskWriter:
             _check_block("probs", probs, (self.n_classes, y1 - y0, x1 - x0), (iy, ix))
             self._probs[:, y0:y1, x0:x1] = probs
         self._level0[y0:y1, x0:x1] = ids
+        self._done[iy, ix] = 1  # only after the data: a killed run never marks a missing chunk
+
+    def write_background(self, iy: int, ix: int) -> None:
+        """Write chunk ``(iy, ix)`` as all background (a chunk skipped for having no tissue)."""
+        y0, y1, x0, x1 = chunk_box(iy, ix, self.shape, self.chunk)
+        probs = None
+        if self._probs is not None:
+            probs = np.zeros((self.n_classes, y1 - y0, x1 - x0), np.uint8)
+            probs[0] = 255
+        self.write_chunk(iy, ix, np.zeros((y1 - y0, x1 - x0), np.uint8), probs)
+
+    def done(self) -> np.ndarray:
+        """Boolean (grid Y, grid X): which level-0 chunks are on disk."""
+        return np.asarray(self._done[:]).astype(bool)
+
+    def write_tissue(self, mask: np.ndarray, attrs: Mapping[str, Any]) -> None:
+        """Save the low-resolution tissue mask (bool or uint8 (h, w)) that chose the chunks to run."""
+        arr = self._group.create_array(
+            TISSUE, shape=mask.shape, chunks=mask.shape, dtype="uint8", compressors=Blosc(**_CODEC),
+            fill_value=0, chunk_key_encoding={"name": "v2", "separator": "/"}, overwrite=True,
+        )
+        arr[...] = mask.astype(np.uint8)
+        arr.attrs.put(_json_record(attrs))
 
     def finalize(self, num_workers: int | None = None) -> None:
         """Build the x2 nearest-neighbour pyramid and mark the mask complete.
@@ -290,6 +321,9 @@ def create_mask(
     root = _root_attrs(sorted_classes, mpp, 1, record, complete=False)
     group = zarr.open_group(p, mode="w-", zarr_format=2, attributes=root)
     _create_level(group, "0", shape, (chunk, chunk))
+    grid = (math.ceil(shape[0] / chunk), math.ceil(shape[1] / chunk))
+    group.create_array(DONE, shape=grid, chunks=(1, 1), dtype="uint8", compressors=None, fill_value=0,
+                       chunk_key_encoding={"name": "v2", "separator": "/"})
     if probabilities:
         probs_ms = multiscales_attrs(PROBABILITIES, 1, mpp, channel=True)
         sub = group.create_group(PROBABILITIES, attributes={"multiscales": probs_ms})
@@ -297,8 +331,28 @@ def create_mask(
     return MaskWriter(p, group, shape, chunk, sorted_classes, mpp, record)
 
 
-def open_mask(path: str | os.PathLike[str]) -> zarr.Group:
-    """Open a mask written by slideseg, read-only.
+def open_mask_writer(path: str | os.PathLike[str]) -> MaskWriter:
+    """Reopen an existing mask to write more chunks (resume, or a worker of a distributed run)."""
+    group = open_mask(path, mode="r+")
+    attrs: dict[str, Any] = dict(group.attrs)
+    record = {k: v for k, v in attrs["slideseg"].items() if k != "complete"}
+    classes = tuple(
+        LabelClass(c["label-value"], p.get("class", str(c["label-value"])), tuple(c["rgba"]))
+        for c, p in zip(attrs["image-label"]["colors"], attrs["image-label"]["properties"], strict=True)
+    )
+    level0 = _array(group, "0")
+    if DONE not in group:
+        raise OutputFormatError(f"{path} has no '{DONE}' record, so what is done cannot be known; "
+                                "it was written by an older slideseg: run again with --overwrite")
+    ms = _multiscale(group)
+    unit = ms["axes"][-1].get("unit")
+    mpp = ms["datasets"][0]["coordinateTransformations"][0]["scale"][-1] if unit == "micrometer" else None
+    shape = (int(level0.shape[0]), int(level0.shape[1]))
+    return MaskWriter(Path(path), group, shape, int(level0.chunks[0]), classes, mpp, record)
+
+
+def open_mask(path: str | os.PathLike[str], mode: str = "r") -> zarr.Group:
+    """Open a mask written by slideseg (read-only unless ``mode='r+'``).
 
     Raises
     ------
@@ -311,7 +365,7 @@ def open_mask(path: str | os.PathLike[str]) -> zarr.Group:
     if not p.exists():
         raise SlideReadError(f"{p} does not exist; expected a slideseg mask directory: check the path")
     try:
-        group = zarr.open_group(p, mode="r", zarr_format=2)
+        group = zarr.open_group(p, mode=mode, zarr_format=2)  # type: ignore[arg-type]
     except (OSError, ValueError, KeyError) as e:
         raise OutputFormatError(
             f"{p} is not a Zarr v2 group ({type(e).__name__}); expected a slideseg mask "
@@ -336,9 +390,13 @@ def describe_mask(path: str | os.PathLike[str]) -> dict[str, Any]:
     scale0 = ms["datasets"][0]["coordinateTransformations"][0]["scale"][-1]
     names = {p["label-value"]: p.get("class") for p in attrs["image-label"].get("properties", [])}
     probs = group.get(PROBABILITIES)
+    done = group.get(DONE)
+    chunks_done = int(np.count_nonzero(done[:])) if isinstance(done, zarr.Array) else None
     return {
         "path": str(Path(path)),
         "complete": bool(record.get("complete", False)),
+        "chunks_done": chunks_done,
+        "chunks_total": int(np.prod(done.shape)) if isinstance(done, zarr.Array) else None,
         "mpp": scale0 if x_axis.get("unit") == "micrometer" else None,
         "levels": _describe_levels(group, ms),
         "classes": [

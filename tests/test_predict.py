@@ -35,7 +35,7 @@ def test_predict_equals_whole_image_pass(tmp_path: Path, model_file: Path, shape
                                          tile: int | None, chunk: int) -> None:
     image = random_rgb(shape, seed=11)
     slide = write_tiff(tmp_path / "s.ome.tif", image)
-    cfg = PredictConfig(tile=tile, chunk=chunk, batch_size=2, probabilities=True, device="cpu")
+    cfg = PredictConfig(tile=tile, chunk=chunk, batch_size=2, probabilities=True, device="cpu", tissue=False)
     result = predict(slide, tmp_path / "mask.zarr", model_file, cfg)
 
     model = load_model(model_file)

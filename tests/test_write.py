@@ -78,7 +78,8 @@ def test_round_trip_and_pyramid(tmp_path: Path, shape: tuple[int, int], chunk: i
     writer.finalize(num_workers=3)
 
     group = open_mask(path)
-    assert sorted(k for k, _ in group.arrays()) == [str(lv) for lv in range(n_levels)]
+    assert sorted(k for k, _ in group.arrays()) == [*(str(lv) for lv in range(n_levels)), "chunks_done"]
+    assert np.asarray(group["chunks_done"][:]).all()  # type: ignore[index]
     for level in range(n_levels):
         arr = group[str(level)]
         assert isinstance(arr, zarr.Array)
@@ -238,7 +239,7 @@ def test_overwrite_replaces_a_mask(tmp_path: Path) -> None:
     old.finalize()
     new = create_mask(path, (40, 60), 16, CLASSES, None, {"run": 2}, overwrite=True)
     new.finalize()
-    assert sorted(p.name for p in path.iterdir()) == [".zattrs", ".zgroup", "0"]
+    assert sorted(p.name for p in path.iterdir()) == [".zattrs", ".zgroup", "0", "chunks_done"]
     assert describe_mask(path)["slideseg"] == {"run": 2, "complete": True}
     assert not np.asarray(zarr.open_array(path / "0", mode="r")[:]).any()
 

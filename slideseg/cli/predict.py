@@ -10,12 +10,17 @@ from rich.table import Table
 
 from slideseg.cli._app import _friendly_errors, _given, app, err, out
 
+_CLUSTER = "Workers (default: threads in this process)"
+_HPC = "Batch clusters (--cluster, needs slideseg[hpc])"
+
 
 @app.command()
 @_friendly_errors
 def predict(
-    slide: Annotated[Path, typer.Argument(help="Slide to segment: OME-TIFF, tiled TIFF, OME-Zarr or Zarr.")],
-    output: Annotated[Path, typer.Option("-o", "--output", help="Output OME-Zarr label image (mask.zarr).")],
+    slides: Annotated[list[Path], typer.Argument(
+        help="Slide(s) to segment: OME-TIFF, tiled TIFF, OME-Zarr or Zarr.", show_default=False)],
+    output: Annotated[Path, typer.Option(
+        "-o", "--output", help="Output OME-Zarr label image (mask.zarr); a directory for several slides.")],
     model: Annotated[Path | None, typer.Option("--model", "-m", help="Model file (.safetensors).")] = None,
     tile: Annotated[int | None, typer.Option(
         help="Network input tile edge in px (depth-4 valid: 16k+12). Default: one tile per chunk.")] = None,
@@ -29,34 +34,99 @@ def predict(
     compile: Annotated[bool | None, typer.Option("--compile", help="torch.compile the network.")] = None,
     probabilities: Annotated[bool | None, typer.Option(
         "--probabilities/--no-probabilities", help="Also write per-class probabilities (uint8).")] = None,
+    tissue: Annotated[bool | None, typer.Option(
+        "--tissue/--no-tissue", help="Run only chunks with tissue; the rest read as background. [default: on]")] = None,
+    tissue_mask: Annotated[Path | None, typer.Option(
+        help="Low-resolution tissue mask (image or Zarr, non-zero = tissue) instead of detection.")] = None,
     overwrite: Annotated[bool | None, typer.Option(
         "--overwrite", help="Replace an existing output (never done otherwise).")] = None,
+    resume: Annotated[bool | None, typer.Option(
+        "--resume", help="Finish an interrupted run: only missing chunks run; the result is identical.")] = None,
     threads: Annotated[int | None, typer.Option(help="CPU threads for the engine. [default: all]")] = None,
-    workers: Annotated[int | None, typer.Option(help="Concurrent chunk tasks. [default: 2]")] = None,
-    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show progress.")] = True,
+    io_threads: Annotated[int, typer.Option(
+        help="Threads per worker reading and writing chunks.", rich_help_panel=_CLUSTER)] = 2,
+    workers: Annotated[int | None, typer.Option(
+        help="Start a local Dask cluster of N worker processes.", rich_help_panel=_CLUSTER)] = None,
+    scheduler_file: Annotated[Path | None, typer.Option(
+        help="Use the running Dask cluster of this scheduler file.", rich_help_panel=_CLUSTER)] = None,
+    scheduler_address: Annotated[str | None, typer.Option(
+        help="Use the running Dask scheduler at tcp://host:port.", rich_help_panel=_CLUSTER)] = None,
+    cluster: Annotated[str | None, typer.Option(help="slurm | pbs: start workers as batch jobs.",
+                                                rich_help_panel=_HPC)] = None,
+    jobs: Annotated[int | None, typer.Option(help="Batch jobs (one worker each). [default: 1]",
+                                             rich_help_panel=_HPC)] = None,
+    cores: Annotated[int | None, typer.Option(help="Cores per job. [default: 8]", rich_help_panel=_HPC)] = None,
+    memory: Annotated[str | None, typer.Option(help="Memory per job. [default: 32GB]", rich_help_panel=_HPC)] = None,
+    gpus_per_job: Annotated[int | None, typer.Option(help="GPUs per job. [default: 0]", rich_help_panel=_HPC)] = None,
+    walltime: Annotated[str | None, typer.Option(help="Walltime per job. [default: 04:00:00]",
+                                                 rich_help_panel=_HPC)] = None,
+    queue: Annotated[str | None, typer.Option(help="Partition or queue.", rich_help_panel=_HPC)] = None,
+    account: Annotated[str | None, typer.Option(help="Account or project.", rich_help_panel=_HPC)] = None,
+    interface: Annotated[str | None, typer.Option(help="Scheduler network interface (e.g. ib0).",
+                                                  rich_help_panel=_HPC)] = None,
+    progress: Annotated[bool, typer.Option(
+        "--progress/--no-progress", help="Show progress (plain lines when not on a terminal).")] = True,
 ) -> None:
-    """Segment a slide into an OME-Zarr label image, tile by tile, seamlessly.
+    """Segment slides into OME-Zarr label images, chunk by chunk, seamlessly.
 
     Tiles are phase-aligned with the network's pooling grid and borders are mirrored, so the mask
-    equals one forward pass over the whole mirror-padded slide.
+    equals one forward pass over the whole mirror-padded slide. Chunks without tissue are skipped;
+    an interrupted run continues with --resume. Several slides: -o names a directory, and outputs
+    that are already complete are skipped.
     """
-    from slideseg.predict import PredictConfig
+    from slideseg.cluster import ClusterConfig
+    from slideseg.predict import PredictConfig, predict_many
     from slideseg.predict import predict as run_predict
-    from slideseg.progress import chunk_progress
+    from slideseg.progress import PredictProgress
 
-    cfg = PredictConfig(**_given(tile=tile, batch_size=batch_size, chunk=chunk, level=level, series=series,
-                                 device=device, engine=engine, precision=precision, compile=compile,
-                                 probabilities=probabilities,
-                                 overwrite=overwrite, threads=threads, workers=workers))
+    cfg = PredictConfig(**_given(
+        tile=tile, batch_size=batch_size, chunk=chunk, level=level, series=series, device=device, engine=engine,
+        precision=precision, compile=compile, probabilities=probabilities, tissue=tissue,
+        tissue_mask=str(tissue_mask) if tissue_mask else None, overwrite=overwrite, resume=resume,
+        threads=threads))
+    cc = ClusterConfig(threads=io_threads, **_given(
+        workers=workers, scheduler_file=str(scheduler_file) if scheduler_file else None,
+        scheduler_address=scheduler_address, cluster=cluster, jobs=jobs, cores=cores, memory=memory,
+        gpus_per_job=gpus_per_job, walltime=walltime, queue=queue, account=account, interface=interface))
     model_path = model if model is not None else _default_model()
-    with chunk_progress(f"predict {slide.name}", enabled=progress, console=err) as start:
-        result = run_predict(slide, output, model_path, cfg, progress=start)
+    many = len(slides) > 1 or str(output).endswith("/") or (output.is_dir() and output.suffix != ".zarr")
+    with PredictProgress(n_slides=len(slides), console=err, enabled=progress) as observer:
+        if not many:
+            result = run_predict(slides[0], output, model_path, cfg, cc, observer)
+            items = None
+        else:
+            items = predict_many(slides, output, model_path, cfg, cc, observer)
+    if items is None:
+        _summary(result)
+        return
+    table = Table(title=f"[bold]{len(items)} slides -> {output}[/]")
+    for col in ("slide", "output", "outcome"):
+        table.add_column(col)
+    for it in items:
+        outcome = (f"[red]error:[/] {it.error}" if it.error else f"skipped ({it.skipped})" if it.skipped
+                   else f"done in {it.result.seconds:.1f} s" if it.result else "")
+        table.add_row(str(it.slide), str(it.output), outcome)
+    out.print(table)
+    if any(it.error for it in items):
+        raise typer.Exit(2)
+
+
+def _summary(result: object) -> None:
+    from slideseg.predict import PredictResult
+
+    assert isinstance(result, PredictResult)
     table = Table(show_header=False, box=None, title=f"[bold green]wrote {result.output}[/]")
     table.add_row("mask", f"{result.shape[0]} x {result.shape[1]} px"
                   + (f" at {result.mpp:.4g} µm/px" if result.mpp else " (no pixel size)"))
     p = result.plan
     table.add_row("plan", f"{p['grid'][0]} x {p['grid'][1]} chunks of {p['chunk']} px, tile {p['tile']} "
                   f"-> {p['tile_output']} px, {p['compute_redundancy']:.2f} network px per output px")
+    chunks = f"{result.chunks_run} run, {result.chunks_skipped} background (no tissue)"
+    if result.chunks_already_done:
+        chunks += f", {result.chunks_already_done} already done"
+    if result.tissue_fraction is not None:
+        chunks += f"; tissue covers {result.tissue_fraction:.0%} of the slide"
+    table.add_row("chunks", chunks)
     table.add_row("engine", ", ".join(f"{k}={v}" for k, v in result.engine.items()))
     table.add_row("time", f"{result.seconds:.1f} s, {result.megapixels_per_second:.2f} MP/s")
     out.print(table)
@@ -67,7 +137,7 @@ def predict(
 def _default_model() -> Path:
     from slideseg.errors import ModelFileError
 
-    bundled = Path(__file__).parent / "data" / "default.safetensors"
+    bundled = Path(__file__).resolve().parent.parent / "data" / "default.safetensors"
     if bundled.is_file():
         return bundled
     raise ModelFileError("no --model given and no default model is bundled; create one with "

@@ -1,0 +1,165 @@
+"""Tissue detection: which output chunks hold tissue and are worth running.
+
+Whole slides are mostly glass. A low-resolution thumbnail, read from a coarse pyramid level (or
+strided from a finer one, block by block), is classified with Otsu's threshold — on saturation
+for brightfield RGB (glass is grey-white, stained tissue is coloured), on intensity for
+fluorescence and other non-RGB images (signal is bright) — and cleaned with morphology. Chunks
+with no tissue are not run; they read as background. A user-supplied mask replaces detection.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from scipy import ndimage
+
+from slideseg.errors import ConfigError
+from slideseg.plan import Box
+
+THUMBNAIL_SIDE = 2048
+"""Longest side of the thumbnail that tissue is detected on."""
+SATURATION_LIMITS = (0.04, 0.15)
+"""Otsu's saturation threshold is kept inside these bounds: below, glass noise would count as
+tissue; above, a slide that is all tissue would have its paler half thrown away."""
+
+
+@dataclass(frozen=True)
+class TissueMask:
+    """A low-resolution boolean tissue mask and how it maps onto the slide level being segmented."""
+
+    mask: np.ndarray
+    """bool (h, w)."""
+    scale: tuple[float, float]
+    """Slide-level pixels per mask pixel along (y, x)."""
+    method: str
+    threshold: float | None = None
+
+    @property
+    def fraction(self) -> float:
+        """Fraction of the slide covered by tissue."""
+        return float(self.mask.mean()) if self.mask.size else 0.0
+
+    def covers(self, box: Box) -> bool:
+        """Whether any tissue lies in ``box`` (slide-level pixels), with one mask pixel of margin."""
+        sy, sx = self.scale
+        y0 = max(0, math.floor(box.y0 / sy) - 1)
+        x0 = max(0, math.floor(box.x0 / sx) - 1)
+        y1 = math.ceil(box.y1 / sy) + 1
+        x1 = math.ceil(box.x1 / sx) + 1
+        return bool(self.mask[y0:y1, x0:x1].any())
+
+    @classmethod
+    def from_zarr(cls, array: Any) -> TissueMask:
+        """Read back a mask saved with :meth:`attrs` as the array's attributes."""
+        a = dict(array.attrs)
+        sy, sx = a["scale_yx"]
+        return cls(np.asarray(array[:]).astype(bool), (float(sy), float(sx)), str(a["method"]),
+                   None if a.get("threshold") is None else float(a["threshold"]))
+
+    def attrs(self) -> dict[str, Any]:
+        return {"scale_yx": list(self.scale), "method": self.method, "threshold": self.threshold,
+                "fraction": round(self.fraction, 6)}
+
+
+def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
+    """Otsu's threshold of ``values`` (any shape): the cut that maximises between-class variance."""
+    v = values[np.isfinite(values)].ravel()
+    if v.size == 0 or v.min() == v.max():
+        return float(v.max()) if v.size else 0.0
+    hist, edges = np.histogram(v, bins=bins)
+    centres = (edges[:-1] + edges[1:]) / 2
+    w0 = np.cumsum(hist)
+    w1 = w0[-1] - w0
+    m = np.cumsum(hist * centres)
+    mu0 = m / np.maximum(w0, 1)
+    mu1 = (m[-1] - m) / np.maximum(w1, 1)
+    between = w0 * w1 * (mu0 - mu1) ** 2
+    return float(edges[1:][int(np.argmax(between))])
+
+
+def classify(image: np.ndarray) -> tuple[np.ndarray, str, float]:
+    """Boolean tissue mask of a thumbnail ``image`` (h, w, C), the method used and its threshold."""
+    img = image.astype(np.float32)
+    if image.shape[2] in (3, 4):
+        rgb = img[..., :3]
+        hi, lo = rgb.max(axis=2), rgb.min(axis=2)
+        feature = np.where(hi > 0, (hi - lo) / np.maximum(hi, 1e-6), 0.0)
+        t = float(np.clip(otsu_threshold(feature), *SATURATION_LIMITS))
+        method = "otsu-saturation"
+    else:
+        feature = img.mean(axis=2)
+        t = otsu_threshold(feature)
+        method = "otsu-intensity"
+    return clean(feature > t), method, t
+
+
+def clean(mask: np.ndarray) -> np.ndarray:
+    """Close small gaps, fill holes, drop specks, then grow by two pixels as a safety margin."""
+    if not mask.any():
+        return mask
+    mask = ndimage.binary_closing(mask, iterations=2, border_value=0)
+    mask = ndimage.binary_fill_holes(mask)
+    labels, n = ndimage.label(mask)
+    if n:
+        sizes = ndimage.sum_labels(mask, labels, index=np.arange(1, n + 1))
+        keep = np.zeros(n + 1, bool)
+        keep[1:] = sizes >= max(4, mask.size * 1e-5)
+        mask = keep[labels]
+    return ndimage.binary_dilation(mask, iterations=2)
+
+
+def detect_tissue(path: str | os.PathLike[str], level: int, series: int = 0,
+                  side: int = THUMBNAIL_SIDE) -> TissueMask:
+    """Detect tissue on a thumbnail of the slide at ``path``, mapped onto pyramid ``level``."""
+    image, scale = thumbnail(path, level, series, side)
+    mask, method, t = classify(image)
+    return TissueMask(mask, scale, method, t)
+
+
+def thumbnail(path: str | os.PathLike[str], level: int, series: int = 0,
+              side: int = THUMBNAIL_SIDE) -> tuple[np.ndarray, tuple[float, float]]:
+    """A (h, w, C) thumbnail with longest side about ``side`` and its scale onto ``level``.
+
+    Reads the coarsest pyramid level that is still at least ``side`` px long (any level if none
+    is), strided block by block, so memory stays bounded whatever the slide size.
+    """
+    from slideseg.io import open_slide
+
+    with open_slide(path, level=level, series=series) as target:
+        target_shape = target.shape[:2]
+        sizes = [lv.shape for lv in target.levels]
+    candidates = [i for i, s in enumerate(sizes) if max(s) >= side] or [0]
+    source = max(candidates)
+    with open_slide(path, level=source, series=series) as slide:
+        h, w = slide.shape[:2]
+        stride = max(1, max(h, w) // side)
+        block = max(stride, (4096 // stride) * stride)
+        rows = []
+        for y0 in range(0, h, block):
+            region = slide.read(y0, min(h, y0 + block), 0, w)
+            rows.append(region[::stride, ::stride])
+        image = np.concatenate(rows, axis=0)
+    scale = (target_shape[0] / image.shape[0], target_shape[1] / image.shape[1])
+    return image, scale
+
+
+def load_tissue_mask(path: str | os.PathLike[str], slide_shape: tuple[int, int]) -> TissueMask:
+    """A user-supplied mask (any image or Zarr that slideseg reads; non-zero = tissue), at any
+    resolution with the slide's aspect ratio."""
+    from slideseg.io import open_slide
+
+    with open_slide(path) as m:
+        h, w = m.shape[:2]
+        if h * w > 64e6:
+            raise ConfigError(f"--tissue-mask {path} is {h} x {w} px; expected a low-resolution mask "
+                              "(at most 64 megapixels): save a downsampled mask")
+        mask = np.asarray(m.read(0, h, 0, w))[..., 0] > 0
+    sy, sx = slide_shape[0] / h, slide_shape[1] / w
+    if abs(sy / sx - 1) > 0.05 + 2 * max(sy, sx) / min(slide_shape):
+        raise ConfigError(f"--tissue-mask {path} is {h} x {w} px but the slide is {slide_shape[0]} x "
+                          f"{slide_shape[1]}: the aspect ratios differ; pass a mask of the whole slide")
+    return TissueMask(mask, (sy, sx), f"file:{os.fspath(path)}")
