@@ -8,6 +8,7 @@ level 0 is complete.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Mapping, Sequence
@@ -260,6 +261,7 @@ def _open_output(output: Path, plan: Plan, mc: Any, mpp: float | None, attrs: di
 def _check_resumable(output: Path, attrs: Mapping[str, Any], existing: Mapping[str, Any]) -> None:
     """Refuse to mix two different computations in one output."""
     old = existing["slideseg"]
+    attrs = json.loads(json.dumps(attrs))  # compare as stored: tuples become lists
     why = []
     if old.get("weights_sha256") != attrs["weights_sha256"]:
         why.append("the model weights differ")
