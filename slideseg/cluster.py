@@ -125,9 +125,9 @@ def jobqueue_cluster(cc: ClusterConfig, **scheduler: Any) -> Any:
         "cores": cc.cores, "processes": 1, "memory": cc.memory, "walltime": cc.walltime,
         "job_extra_directives": directives, "worker_extra_args": extra_args,
         "interface": cc.interface, "queue": cc.queue, "account": cc.account,
-        "scheduler_options": {"dashboard_address": None, **scheduler},
+        "dashboard_address": None, "scheduler_options": {"dashboard_address": None, **scheduler},
     }
-    return cls(**{k: v for k, v in kwargs.items() if v is not None})
+    return cls(**{k: v for k, v in kwargs.items() if v is not None or k == "dashboard_address"})
 
 
 def _minutes(walltime: str) -> int:

@@ -78,7 +78,8 @@ def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
     mu0 = m / np.maximum(w0, 1)
     mu1 = (m[-1] - m) / np.maximum(w1, 1)
     between = w0 * w1 * (mu0 - mu1) ** 2
-    return float(edges[1:][int(np.argmax(between))])
+    best = np.flatnonzero(between >= between.max() * (1 - 1e-9))  # a plateau across an empty gap:
+    return float(edges[1:][best].mean())  # take its middle
 
 
 def classify(image: np.ndarray) -> tuple[np.ndarray, str, float]:
