@@ -13,6 +13,12 @@ from typing import Any, Literal
 from slideseg.errors import ConfigError
 
 ClusterKind = Literal["slurm", "pbs"]
+# A local cluster serves no dashboard, and its schedulers' and workers' small HTTP endpoints
+# (health, metrics) listen on free loopback ports, never on 0.0.0.0:8787.
+_LOOPBACK_ONLY: dict[str, Any] = {
+    "dashboard_address": None, "scheduler_kwargs": {"dashboard_address": "127.0.0.1:0"},
+    "worker_dashboard_address": "127.0.0.1:0", "silence_logs": logging.ERROR,
+}
 
 
 @dataclass(frozen=True)
@@ -98,11 +104,11 @@ def dask_client(cc: ClusterConfig, gpu: bool = False) -> Iterator[Any]:
     elif cc.workers:
         threads = max(1, (os.cpu_count() or 1) // cc.workers)
         cluster = LocalCluster(n_workers=cc.workers, threads_per_worker=cc.threads, processes=True,
-                               dashboard_address=None, silence_logs=logging.ERROR, resources=resources,
-                               env={"OMP_NUM_THREADS": str(threads)})
+                               host="127.0.0.1", resources=resources, env={"OMP_NUM_THREADS": str(threads)},
+                               **_LOOPBACK_ONLY)
     else:
-        cluster = LocalCluster(n_workers=1, threads_per_worker=cc.threads, processes=False,
-                               dashboard_address=None, silence_logs=logging.ERROR, resources=resources)
+        cluster = LocalCluster(n_workers=1, threads_per_worker=cc.threads, processes=False, resources=resources,
+                               **_LOOPBACK_ONLY)
     with cluster, Client(cluster) as client:
         yield client
 

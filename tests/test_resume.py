@@ -103,3 +103,19 @@ def test_resuming_a_complete_output_runs_nothing(tmp_path: Path, slide_and_model
     again = predict(slide, out, model, PredictConfig(chunk=512, device="cpu", resume=True))
     assert again.chunks_run == 0 and again.chunks_skipped == 0
     assert chunk_files(out) == before
+
+
+def test_info_says_how_far_a_run_got(tmp_path: Path, slide_and_model: tuple[Path, Path]) -> None:
+    from typer.testing import CliRunner
+
+    from slideseg.cli import app
+    from slideseg.write import open_mask_writer
+
+    slide, model = slide_and_model
+    out = tmp_path / "mask.zarr"
+    predict(slide, out, model, PredictConfig(chunk=256, device="cpu"))
+    writer = open_mask_writer(out)
+    writer._done[0, 1] = 0  # as if the run had died before this chunk
+    zarr.open_group(out, mode="r+").attrs["slideseg"] = {**describe_mask(out)["slideseg"], "complete": False}
+    r = CliRunner().invoke(app, ["info", str(out)])
+    assert r.exit_code == 0 and "14 of 15 chunks done" in r.stdout and "--resume" in r.stdout

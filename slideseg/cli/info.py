@@ -68,7 +68,13 @@ def _summary(d: dict[str, Any]) -> dict[str, str]:
         return rows
     made = d.get("slideseg") or {}
     complete = d.get("complete")
-    rows["status"] = "complete" if complete else "INCOMPLETE (level 0 or pyramid unfinished)"
+    n, m = d.get("chunks_done"), d.get("chunks_total")
+    if complete:
+        rows["status"] = "complete"
+    elif n is not None and n < (m or 0):
+        rows["status"] = f"{n} of {m} chunks done (finish with `slideseg predict ... --resume`)"
+    else:
+        rows["status"] = "all chunks done, pyramid not written (finish with --resume)"
     rows["levels"] = shapes
     rows["mpp"] = f"{d['mpp']:.4g} µm/px" if d.get("mpp") else "unknown"
     rows["classes"] = ", ".join(f"{c['value']} {c['name']}" for c in d.get("classes", []))
