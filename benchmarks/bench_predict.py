@@ -23,7 +23,7 @@ import torch
 from slideseg.engines import make_engine
 from slideseg.io import open_slide
 from slideseg.model import UNetConfig, build_unet, load_model, save_model
-from slideseg.predict import PredictConfig, plan_for, predict
+from slideseg.predict import PredictConfig, default_batch_size, plan_for, predict
 from slideseg.schedule import read_window
 from slideseg.synth import SynthConfig, write_synthetic_slide
 
@@ -38,8 +38,9 @@ def engine_only_seconds(slide_path: Path, model_path: Path, cfg: PredictConfig) 
         for chunk in plan:
             window = read_window(slide, chunk.window, model.config.mirror)
             tiles = [window[t.read.relative_to(chunk.window)] for t in chunk.tiles]
-            for i in range(0, len(tiles), cfg.batch_size):
-                batches.append(np.stack(tiles[i : i + cfg.batch_size]).transpose(0, 3, 1, 2))
+            n = cfg.batch_size or default_batch_size(plan.tile, gpu=False)
+            for i in range(0, len(tiles), n):
+                batches.append(np.stack(tiles[i : i + n]).transpose(0, 3, 1, 2))
     engine.infer(batches[0])  # warm-up
     t0 = time.perf_counter()
     for b in batches:

@@ -24,6 +24,9 @@ from slideseg.schedule import EngineKey, JobSpec, engine_for, feed, preload_plug
 
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("fp32", "fp16", "bf16")
+CPU_BATCH_PIXELS = 1.5e6
+"""Default cap on input pixels per engine call on a CPU: a 1212-px tile of a base-16 U-Net
+needs about 0.6 GB of activations, so this keeps inference under ~1 GB."""
 # PredictConfig fields that change the output: a resumed run must match them.
 _OUTPUT_FIELDS = ("tile", "chunk", "level", "series", "probabilities", "precision", "tissue", "tissue_mask")
 
@@ -34,8 +37,9 @@ class PredictConfig:
 
     tile: int | None = None
     """Network input tile edge in px; None picks the smallest tile whose output covers a chunk."""
-    batch_size: int = 4
-    """Tiles per engine call (filled from several chunks when chunks have fewer tiles)."""
+    batch_size: int | None = None
+    """Tiles per engine call, filled from several chunks when chunks have fewer tiles. None: 4 on
+    a GPU; on a CPU as many as fit in 1.5 megapixels (at least 1), which bounds memory."""
     chunk: int = 1024
     """Output chunk edge in px (the Zarr chunk grid; one task per chunk)."""
     level: int = 0
@@ -64,7 +68,7 @@ class PredictConfig:
     """Threads of the engine's CPU kernels (None: the library's default)."""
 
     def __post_init__(self) -> None:
-        if self.batch_size < 1:
+        if self.batch_size is not None and self.batch_size < 1:
             raise ConfigError(f"--batch-size must be >= 1, got {self.batch_size}")
         if self.chunk < 16:
             raise ConfigError(f"--chunk must be >= 16 px, got {self.chunk}")
@@ -175,6 +179,12 @@ def predict_many(slides: Sequence[str | os.PathLike[str]], outdir: str | os.Path
     return items
 
 
+def default_batch_size(tile: int, gpu: bool) -> int:
+    """Tiles per engine call when the user did not say: 4 on a GPU; on a CPU as many as fit in
+    :data:`CPU_BATCH_PIXELS` (at least one)."""
+    return 4 if gpu else max(1, int(CPU_BATCH_PIXELS // tile**2))
+
+
 def plan_for(shape: tuple[int, int], geometry: Any, cfg: PredictConfig) -> Plan:
     """The tiling plan for a slide of ``shape`` under ``cfg`` (tile size checked or chosen)."""
     tile = cfg.tile or auto_tile(shape, cfg.chunk, geometry.alignment, geometry.smallest_tile_covering)
@@ -221,7 +231,9 @@ def _predict_one(client: Any, slide_path: Path, output: Path, key: EngineKey, cf
     for iy, ix in skip:
         writer.write_background(iy, ix)
         observer.chunk_done(plan.chunk(iy, ix).box.area, True)
-    spec = JobSpec(str(slide_path), cfg.level, cfg.series, str(output), plan, key, mc.mirror, cfg.probabilities)
+    batch = cfg.batch_size or default_batch_size(plan.tile, gpu=resources is not None)
+    spec = JobSpec(str(slide_path), cfg.level, cfg.series, str(output), plan, key, mc.mirror, cfg.probabilities,
+                   batch)
     in_flight = 2 * sum(client.nthreads().values()) or 4
     feed(client, spec, run, max_in_flight=in_flight, resources=resources,
          on_done=lambda px: observer.chunk_done(px, False))
@@ -293,8 +305,7 @@ def _engine_key(model_path: str | os.PathLike[str], cfg: PredictConfig) -> Engin
     path = Path(model_path)
     if path.suffix == ".safetensors":
         read_model_config(path)  # fail fast, here, on a missing or foreign model file
-    return EngineKey(str(path.resolve()), cfg.engine, cfg.device, cfg.threads, cfg.precision, cfg.compile,
-                     cfg.batch_size)
+    return EngineKey(str(path.resolve()), cfg.engine, cfg.device, cfg.threads, cfg.precision, cfg.compile)
 
 
 def _wants_gpu(cfg: PredictConfig) -> bool:

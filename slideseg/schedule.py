@@ -94,52 +94,62 @@ def to_uint8_probabilities(probs: np.ndarray) -> np.ndarray:
 
 class Batcher:
     """One inference consumer thread in front of an engine: callers from many threads block in
-    :meth:`infer`; the consumer concatenates waiting requests into batches of up to ``batch_size``
-    tiles. Per-tile results do not depend on which tiles share a batch (checked for the CPU engine
-    in the tests), so batching never changes the output."""
+    :meth:`infer`; the consumer concatenates waiting requests into batches of up to ``max_batch``
+    tiles (each request says its own limit). Per-tile results do not depend on which tiles share a
+    batch (checked for the CPU engine in the tests), so batching never changes the output."""
 
-    def __init__(self, engine: Engine, batch_size: int) -> None:
+    def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self.config = engine.config
-        self.batch_size = batch_size
-        self._requests: queue.Queue[tuple[np.ndarray, Future[np.ndarray]]] = queue.Queue()
+        self._requests: queue.Queue[tuple[np.ndarray, int, Future[np.ndarray]]] = queue.Queue()
         self._thread = threading.Thread(target=self._consume, name="slideseg-infer", daemon=True)
         self._thread.start()
 
-    def infer(self, batch: np.ndarray) -> np.ndarray:
+    def infer(self, batch: np.ndarray, max_batch: int | None = None) -> np.ndarray:
         done: Future[np.ndarray] = Future()
-        self._requests.put((batch, done))
+        self._requests.put((batch, max_batch or len(batch), done))
         return done.result()
 
     def _consume(self) -> None:
         while True:
-            pending = [self._requests.get()]
-            n = len(pending[0][0])
-            while n < self.batch_size:
+            first = self._requests.get()
+            pending, n, cap = [first], len(first[0]), first[1]
+            while n < cap:
                 try:
                     req = self._requests.get_nowait()
                 except queue.Empty:
                     break
-                if n + len(req[0]) > self.batch_size or req[0].shape[1:] != pending[0][0].shape[1:]:
+                if n + len(req[0]) > min(cap, req[1]) or req[0].shape[1:] != first[0].shape[1:]:
                     self._run(pending)
-                    pending, n = [req], len(req[0])
+                    first = req
+                    pending, n, cap = [req], len(req[0]), req[1]
                     continue
                 pending.append(req)
                 n += len(req[0])
             self._run(pending)
 
-    def _run(self, pending: list[tuple[np.ndarray, Future[np.ndarray]]]) -> None:
+    def _run(self, pending: list[tuple[np.ndarray, int, Future[np.ndarray]]]) -> None:
         try:
-            batch = pending[0][0] if len(pending) == 1 else np.concatenate([b for b, _ in pending])
+            batch = pending[0][0] if len(pending) == 1 else np.concatenate([b for b, _, _ in pending])
             logits = self.engine.infer(batch)
         except BaseException as exc:  # handed to every waiting caller
-            for _, fut in pending:
+            for _, _, fut in pending:
                 fut.set_exception(exc)
             return
         start = 0
-        for b, fut in pending:
+        for b, _, fut in pending:
             fut.set_result(logits[start : start + len(b)])
             start += len(b)
+
+
+class _Capped:
+    """A :class:`Batcher` seen as an engine whose batches hold at most ``cap`` tiles."""
+
+    def __init__(self, batcher: Batcher, cap: int) -> None:
+        self.batcher, self.cap, self.config = batcher, cap, batcher.config
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        return self.batcher.infer(batch, self.cap)
 
 
 # ------------------------------------------------------------------------- tasks and their state
@@ -155,7 +165,6 @@ class EngineKey:
     threads: int | None = None
     precision: str = "fp32"
     compile: bool = False
-    batch_size: int = 4
 
 
 @dataclass(frozen=True)
@@ -170,6 +179,7 @@ class JobSpec:
     engine: EngineKey
     mirror: MirrorMode
     probabilities: bool
+    batch_size: int
 
 
 _LOCK = threading.Lock()
@@ -186,7 +196,7 @@ def engine_for(key: EngineKey) -> Batcher:
 
             engine = load_engine(key.model_path, key.name, device=key.device, threads=key.threads,
                                  precision=key.precision, compile=key.compile)
-            _ENGINES[key] = Batcher(engine, key.batch_size)
+            _ENGINES[key] = Batcher(engine)
         return _ENGINES[key]
 
 
@@ -213,7 +223,7 @@ def run_chunk(spec: JobSpec, iy: int, ix: int) -> int:
     slide, writer = _job_state(spec)
     engine = engine_for(spec.engine)
     chunk = spec.plan.chunk(iy, ix)
-    logits = infer_chunk(slide, engine, chunk, spec.mirror, spec.engine.batch_size)
+    logits = infer_chunk(slide, _Capped(engine, spec.batch_size), chunk, spec.mirror, spec.batch_size)
     ids = logits.argmax(axis=0).astype(np.uint8)
     probs = to_uint8_probabilities(softmax(logits)) if spec.probabilities else None
     writer.write_chunk(iy, ix, ids, probs)

@@ -62,10 +62,11 @@ class _CountingEngine:
 
 def test_batcher_fills_batches_from_several_callers() -> None:
     engine = _CountingEngine()
-    batcher = Batcher(engine, batch_size=4)  # type: ignore[arg-type]
+    batcher = Batcher(engine)  # type: ignore[arg-type]
     inputs = [np.full((1, 1, 2, 2), i, np.uint8) for i in range(6)]
     results: dict[int, np.ndarray] = {}
-    threads = [threading.Thread(target=lambda i=i: results.__setitem__(i, batcher.infer(inputs[i]))) for i in range(6)]
+    threads = [threading.Thread(target=lambda i=i: results.__setitem__(i, batcher.infer(inputs[i], 4)))
+               for i in range(6)]
     for t in threads:
         t.start()
     engine.gate.set()
@@ -83,4 +84,4 @@ def test_batcher_passes_errors_to_the_caller() -> None:
             raise MemoryError("too big")
 
     with pytest.raises(MemoryError, match="too big"):
-        Batcher(Broken(), 2).infer(np.zeros((1, 1, 2, 2)))  # type: ignore[arg-type]
+        Batcher(Broken()).infer(np.zeros((1, 1, 2, 2)), 2)  # type: ignore[arg-type]

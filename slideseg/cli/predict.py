@@ -24,7 +24,8 @@ def predict(
     model: Annotated[Path | None, typer.Option("--model", "-m", help="Model file (.safetensors).")] = None,
     tile: Annotated[int | None, typer.Option(
         help="Network input tile edge in px (depth-4 valid: 16k+12). Default: one tile per chunk.")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Tiles per engine call. [default: 4]")] = None,
+    batch_size: Annotated[int | None, typer.Option(
+        help="Tiles per engine call. [default: 4 on GPU; CPU: up to 1.5 MP]")] = None,
     chunk: Annotated[int | None, typer.Option(help="Output chunk edge in px. [default: 1024]")] = None,
     level: Annotated[int | None, typer.Option(help="Pyramid level to read. [default: 0]")] = None,
     series: Annotated[int | None, typer.Option(help="Image series of a multi-series file. [default: 0]")] = None,
