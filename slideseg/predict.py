@@ -28,7 +28,8 @@ CPU_BATCH_PIXELS = 1.5e6
 """Default cap on input pixels per engine call on a CPU: a 1212-px tile of a base-16 U-Net
 needs about 0.6 GB of activations, so this keeps inference under ~1 GB."""
 # PredictConfig fields that change the output: a resumed run must match them.
-_OUTPUT_FIELDS = ("tile", "chunk", "level", "series", "probabilities", "precision", "tissue", "tissue_mask")
+_OUTPUT_FIELDS = ("tile", "chunk", "level", "mpp", "channels", "series", "probabilities", "precision", "tissue",
+                  "tissue_mask")
 
 
 @dataclass(frozen=True)
@@ -42,8 +43,13 @@ class PredictConfig:
     a GPU; on a CPU as many as fit in 1.5 megapixels (at least 1), which bounds memory."""
     chunk: int = 1024
     """Output chunk edge in px (the Zarr chunk grid; one task per chunk)."""
-    level: int = 0
-    """Pyramid level of the slide to read."""
+    level: int | None = None
+    """Pyramid level of the slide to read; None picks the level closest to the model's pixel size
+    (not coarser) and resamples it to exactly that size."""
+    mpp: float | None = None
+    """The slide's level-0 pixel size in µm, overriding (or standing in for) its metadata."""
+    channels: tuple[int, ...] | None = None
+    """Channels of the slide to feed the model, in order (None: all)."""
     series: int = 0
     """Image series of a multi-series file."""
     device: str = "auto"
@@ -72,8 +78,12 @@ class PredictConfig:
             raise ConfigError(f"--batch-size must be >= 1, got {self.batch_size}")
         if self.chunk < 16:
             raise ConfigError(f"--chunk must be >= 16 px, got {self.chunk}")
-        if self.level < 0 or self.series < 0:
+        if (self.level is not None and self.level < 0) or self.series < 0:
             raise ConfigError(f"--level and --series must be >= 0, got {self.level} and {self.series}")
+        if self.mpp is not None and not self.mpp > 0:
+            raise ConfigError(f"--mpp must be > 0 µm, got {self.mpp}")
+        if self.channels is not None:
+            object.__setattr__(self, "channels", tuple(int(c) for c in self.channels))
         if self.threads is not None and self.threads < 1:
             raise ConfigError(f"--threads must be >= 1, got {self.threads}")
         if self.precision not in PRECISIONS:
@@ -198,30 +208,26 @@ def plan_for(shape: tuple[int, int], geometry: Any, cfg: PredictConfig) -> Plan:
 
 def _predict_one(client: Any, slide_path: Path, output: Path, key: EngineKey, cfg: PredictConfig,
                  observer: Observer) -> PredictResult:
-    from slideseg.io import open_slide
-
     t0 = time.perf_counter()
     _check_paths(slide_path, output)
-    with open_slide(slide_path, level=cfg.level, series=cfg.series) as slide:
-        shape, channels, mpp = slide.shape[:2], slide.shape[2], slide.mpp
     resources: dict[str, float] | None = {"GPU": 1.0} if _wants_gpu(cfg) else None
     client.register_plugin(preload_plugin(key))
     info = client.submit(_engine_info, key, pure=False, resources=resources).result()
     mc = info["config"]
-    if channels != mc.in_channels:
+    source = _source(slide_path, cfg, mc.mpp)
+    if source.channels != mc.in_channels:
         raise ModelFileError(
-            f"the model expects {mc.in_channels} input channel(s) but {slide_path} has {channels}; "
-            f"use a model made with --in-channels {channels}."
+            f"the model expects {mc.in_channels} input channel(s) but {slide_path} has {source.channels}; "
+            f"use a model made with --in-channels {source.channels}, or pick channels with --channels."
         )
-    plan = plan_for(shape, mc.geometry, cfg)
+    plan = plan_for(source.shape, mc.geometry, cfg)
     attrs = {
         "version": __version__, "predict_config": cfg.to_dict(), "model_config": mc.to_dict(),
         "model_metadata": dict(info["metadata"]), "weights_sha256": info["weights_sha256"],
         "engine": info["describe"], "plan": plan.describe(),
-        "source": {"path": str(slide_path.resolve()), "level": cfg.level, "series": cfg.series,
-                   "shape": [*shape, channels], "mpp": mpp},
+        "source": {"path": str(slide_path.resolve()), "series": cfg.series, **source.describe()},
     }
-    writer, tissue = _open_output(output, plan, mc, mpp, attrs, cfg, slide_path)
+    writer, tissue = _open_output(output, plan, mc, source, attrs, cfg, slide_path)
     done = writer.done()
     gy, gx = plan.grid
     todo = [(iy, ix) for iy in range(gy) for ix in range(gx) if not done[iy, ix]]
@@ -232,19 +238,61 @@ def _predict_one(client: Any, slide_path: Path, output: Path, key: EngineKey, cf
         writer.write_background(iy, ix)
         observer.chunk_done(plan.chunk(iy, ix).box.area, True)
     batch = cfg.batch_size or default_batch_size(plan.tile, gpu=resources is not None)
-    spec = JobSpec(str(slide_path), cfg.level, cfg.series, str(output), plan, key, mc.mirror, cfg.probabilities,
-                   batch)
+    spec = JobSpec(str(slide_path), source.level, cfg.series, str(output), plan, key, mc.mirror, cfg.probabilities,
+                   batch, source.factor, cfg.channels)
     in_flight = 2 * sum(client.nthreads().values()) or 4
     feed(client, spec, run, max_in_flight=in_flight, resources=resources,
          on_done=lambda px: observer.chunk_done(px, False))
     writer.finalize()
-    return PredictResult(output, shape, mpp, plan.describe(), info["describe"], time.perf_counter() - t0,
-                         chunks_run=len(run), chunks_skipped=len(skip), chunks_already_done=int(done.sum()),
+    return PredictResult(output, source.shape, source.mpp, plan.describe(), info["describe"],
+                         time.perf_counter() - t0, chunks_run=len(run), chunks_skipped=len(skip),
+                         chunks_already_done=int(done.sum()),
                          tissue_fraction=tissue.fraction if tissue is not None else None,
-                         warnings=tuple(_notes(info["metadata"], mc.mpp, mpp)))
+                         warnings=tuple(_notes(info["metadata"], mc.mpp, source)))
 
 
-def _open_output(output: Path, plan: Plan, mc: Any, mpp: float | None, attrs: dict[str, Any],
+@dataclass(frozen=True)
+class _Source:
+    """The slide as the network sees it: which level, how it is resampled, the output grid."""
+
+    level: int
+    factor: float
+    """Level pixels per output pixel (1.0: read as it is)."""
+    level_shape: tuple[int, int]
+    level_mpp: float | None
+    shape: tuple[int, int]
+    """The output grid (the mask's level 0)."""
+    mpp: float | None
+    """Pixel size of the output grid."""
+    channels: int
+
+    def describe(self) -> dict[str, Any]:
+        return {"level": self.level, "level_shape": list(self.level_shape), "level_mpp": self.level_mpp,
+                "resample_factor": self.factor, "shape": list(self.shape), "mpp": self.mpp,
+                "channels": self.channels}
+
+
+def _source(slide_path: Path, cfg: PredictConfig, model_mpp: float | None) -> _Source:
+    """Pick the level (closest to the model's mpp, not coarser) and the resampling factor."""
+    from slideseg.io import open_slide
+    from slideseg.resample import choose_level, output_shape
+
+    with open_slide(slide_path, level=0, series=cfg.series, **_channels(cfg)) as slide0:
+        base = cfg.mpp or slide0.mpp
+        mpps = [base * lv.downsample if base else None for lv in slide0.levels]
+        shapes = [lv.shape for lv in slide0.levels]
+        channels = slide0.shape[2]
+    choice = choose_level(mpps, model_mpp, level=cfg.level, name=str(slide_path))
+    shape = output_shape(shapes[choice.level], choice.factor)
+    return _Source(choice.level, choice.factor, shapes[choice.level], mpps[choice.level], shape, choice.mpp,
+                   channels)
+
+
+def _channels(cfg: PredictConfig) -> dict[str, Any]:
+    return {"channels": cfg.channels} if cfg.channels is not None else {}
+
+
+def _open_output(output: Path, plan: Plan, mc: Any, source: _Source, attrs: dict[str, Any],
                  cfg: PredictConfig, slide_path: Path) -> tuple[Any, Any]:
     """A writer for ``output`` (new, replaced, or resumed after checks) and the tissue mask to use."""
     from slideseg.tissue import TissueMask, detect_tissue, load_tissue_mask
@@ -261,9 +309,9 @@ def _open_output(output: Path, plan: Plan, mc: Any, mpp: float | None, attrs: di
     if cfg.tissue_mask:
         tissue = load_tissue_mask(cfg.tissue_mask, plan.shape)
     elif cfg.tissue:
-        tissue = detect_tissue(slide_path, cfg.level, cfg.series)
+        tissue = detect_tissue(slide_path, plan.shape, cfg.series, **_channels(cfg))
     classes = [LabelClass(k, n, c) for k, (n, c) in enumerate(zip(mc.class_names, mc.class_colors, strict=True))]
-    writer = create_mask(output, plan.shape, cfg.chunk, classes, mpp, attrs,
+    writer = create_mask(output, plan.shape, cfg.chunk, classes, source.mpp, attrs,
                          probabilities=cfg.probabilities, overwrite=cfg.overwrite)
     if tissue is not None:
         writer.write_tissue(tissue.mask, tissue.attrs())
@@ -341,14 +389,18 @@ def _check_paths(slide: Path, output: Path) -> None:
         raise ConfigError(f"the output {output} overlaps the input {slide}; choose another -o path.")
 
 
-def _notes(metadata: Mapping[str, Any], model_mpp: float | None, slide_mpp: float | None) -> list[str]:
+def _notes(metadata: Mapping[str, Any], model_mpp: float | None, source: _Source) -> list[str]:
     notes = []
     if not metadata.get("trained", True):
         notes.append("this model is untrained (random He-initialised weights): the mask shows the "
                      "pipeline working, not a meaningful segmentation.")
-    if model_mpp and slide_mpp and abs(slide_mpp / model_mpp - 1) > 0.1:
-        notes.append(f"the slide is at {slide_mpp:.3g} µm/px but the model expects {model_mpp:.3g}; "
-                     "choose a --level nearer the model's pixel size.")
-    if model_mpp and slide_mpp is None:
-        notes.append(f"the slide has no pixel size; the model expects {model_mpp:.3g} µm/px.")
+    if source.factor != 1.0:
+        notes.append(f"read level {source.level} at {source.level_mpp:.4g} µm/px and resampled it to the model's "
+                     f"{model_mpp:.4g} µm/px (x{1 / source.factor:.3f}).")
+    elif model_mpp and source.mpp and abs(source.mpp / model_mpp - 1) > 0.01:
+        notes.append(f"level {source.level} is at {source.mpp:.4g} µm/px but the model expects {model_mpp:.4g}; "
+                     "the mask is at the level's pixel size.")
+    if model_mpp and source.mpp is None:
+        notes.append(f"the slide has no pixel size; level {source.level} was read as it is "
+                     f"(the model expects {model_mpp:.4g} µm/px).")
     return notes

@@ -180,6 +180,9 @@ class JobSpec:
     mirror: MirrorMode
     probabilities: bool
     batch_size: int
+    factor: float = 1.0
+    """Slide-level pixels per output pixel (resampling to the model's pixel size)."""
+    channels: tuple[int, ...] | None = None
 
 
 _LOCK = threading.Lock()
@@ -207,14 +210,16 @@ def _job_state(spec: JobSpec) -> tuple[Any, Any]:
             _JOBS.move_to_end(spec)
             return _JOBS[spec]
         from slideseg.io import open_slide
+        from slideseg.resample import ResampledSlide
         from slideseg.write import open_mask_writer
 
-        state = (open_slide(spec.slide_path, level=spec.level, series=spec.series),
-                 open_mask_writer(spec.output))
+        kw = {"channels": spec.channels} if spec.channels is not None else {}
+        slide = open_slide(spec.slide_path, level=spec.level, series=spec.series, **kw)
+        state = (ResampledSlide(slide, spec.factor) if spec.factor != 1.0 else slide, open_mask_writer(spec.output))
         _JOBS[spec] = state
         while len(_JOBS) > _MAX_OPEN_JOBS:
             _, (old_slide, _) = _JOBS.popitem(last=False)
-            old_slide.close()
+            getattr(old_slide, "slide", old_slide).close()
         return state
 
 

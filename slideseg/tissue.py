@@ -113,29 +113,29 @@ def clean(mask: np.ndarray) -> np.ndarray:
     return ndimage.binary_dilation(mask, iterations=2)
 
 
-def detect_tissue(path: str | os.PathLike[str], level: int, series: int = 0,
-                  side: int = THUMBNAIL_SIDE) -> TissueMask:
-    """Detect tissue on a thumbnail of the slide at ``path``, mapped onto pyramid ``level``."""
-    image, scale = thumbnail(path, level, series, side)
+def detect_tissue(path: str | os.PathLike[str], target_shape: tuple[int, int], series: int = 0,
+                  side: int = THUMBNAIL_SIDE, **open_kw: Any) -> TissueMask:
+    """Detect tissue on a thumbnail of the slide at ``path``, mapped onto a grid of
+    ``target_shape`` covering the whole slide (the grid the mask is predicted on)."""
+    image, scale = thumbnail(path, target_shape, series, side, **open_kw)
     mask, method, t = classify(image)
     return TissueMask(mask, scale, method, t)
 
 
-def thumbnail(path: str | os.PathLike[str], level: int, series: int = 0,
-              side: int = THUMBNAIL_SIDE) -> tuple[np.ndarray, tuple[float, float]]:
-    """A (h, w, C) thumbnail with longest side about ``side`` and its scale onto ``level``.
+def thumbnail(path: str | os.PathLike[str], target_shape: tuple[int, int], series: int = 0,
+              side: int = THUMBNAIL_SIDE, **open_kw: Any) -> tuple[np.ndarray, tuple[float, float]]:
+    """A (h, w, C) thumbnail with longest side about ``side`` and its scale onto ``target_shape``.
 
     Reads the coarsest pyramid level that is still at least ``side`` px long (any level if none
     is), strided block by block, so memory stays bounded whatever the slide size.
     """
     from slideseg.io import open_slide
 
-    with open_slide(path, level=level, series=series) as target:
-        target_shape = target.shape[:2]
-        sizes = [lv.shape for lv in target.levels]
+    with open_slide(path, level=0, series=series, **open_kw) as level0:
+        sizes = [lv.shape for lv in level0.levels]
     candidates = [i for i, s in enumerate(sizes) if max(s) >= side] or [0]
     source = max(candidates)
-    with open_slide(path, level=source, series=series) as slide:
+    with open_slide(path, level=source, series=series, **open_kw) as slide:
         h, w = slide.shape[:2]
         stride = max(1, max(h, w) // side)
         block = max(stride, (4096 // stride) * stride)

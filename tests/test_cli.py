@@ -121,3 +121,12 @@ def test_debug_shows_the_traceback(tmp_path: Path, model: Path) -> None:
 def test_help_explains() -> None:
     code, out, _ = run("predict", "--help")
     assert code == 0 and "seamless" in out and "--tile" in out and "--overwrite" in out
+
+
+def test_truncated_tiff_fails_when_its_tiles_are_read(tmp_path: Path, model: Path) -> None:
+    path = write_tiff(tmp_path / "s.ome.tif", random_rgb((512, 512)))
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    code, _, err = run("predict", path, "-o", tmp_path / "m.zarr", "--model", model, "--mpp", "0.5",
+                       "--no-tissue", "--no-progress")
+    _one_line_error(code, err, "s.ome.tif")

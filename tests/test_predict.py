@@ -118,7 +118,7 @@ def test_predict_output_is_valid_ome_ngff_04(tmp_path: Path, model_file: Path) -
     from ome_zarr_models.v04.image import Image
     from ome_zarr_models.v04.image_label import ImageLabel
 
-    slide = write_tiff(tmp_path / "s.ome.tif", random_rgb((1100, 700)), mpp=0.25)
+    slide = write_tiff(tmp_path / "s.ome.tif", random_rgb((2200, 700)), mpp=0.25)  # resampled to 0.5 µm/px
     out = tmp_path / "mask.zarr"
     predict(slide, out, model_file, PredictConfig(chunk=256, probabilities=True, device="cpu"))
     label = ImageLabel.from_zarr(zarr.open_group(out, mode="r"))
@@ -128,7 +128,7 @@ def test_predict_output_is_valid_ome_ngff_04(tmp_path: Path, model_file: Path) -
     assert location is not None
     node = next(iter(Reader(location)()))
     assert any(isinstance(s, Label) for s in node.specs)
-    assert [d.shape for d in node.data] == [(1100, 700), (550, 350)]
-    assert [t[0]["scale"] for t in node.metadata["coordinateTransformations"]] == [[0.25, 0.25], [0.5, 0.5]]
+    assert [d.shape for d in node.data] == [(1100, 350), (550, 175)]
+    assert [t[0]["scale"] for t in node.metadata["coordinateTransformations"]] == [[0.5, 0.5], [1.0, 1.0]]
     ids = np.asarray(node.data[0])
     np.testing.assert_array_equal(np.asarray(node.data[1]), ids[::2, ::2])

@@ -45,7 +45,7 @@ def test_all_tissue_slide_keeps_all_tissue() -> None:
 
 def test_detect_tissue_on_a_synthetic_slide(tmp_path: Path) -> None:
     res = write_synthetic_slide(tmp_path / "s.ome.tif", SynthConfig(size=(3000, 2500), tissue_fraction=0.4, seed=5))
-    tissue = detect_tissue(res.image_path, level=0, side=512)
+    tissue = detect_tissue(res.image_path, (3000, 2500), side=512)
     assert tissue.scale[0] == pytest.approx(3000 / tissue.mask.shape[0])
     # the detected mask (grown by a margin) covers the true tissue and not much more
     assert 0.35 < tissue.fraction < 0.6
@@ -68,7 +68,7 @@ def test_skipped_chunks_read_as_background(tmp_path: Path) -> None:
     img[:100, :100] = np.random.default_rng(0).integers(0, 255, (100, 100, 3))
     tifffile.imwrite(tmp_path / "s.tif", img, tile=(64, 64), photometric="rgb")
     res = predict(tmp_path / "s.tif", tmp_path / "m.zarr", tmp_path / "m.safetensors",
-                  PredictConfig(chunk=64, probabilities=True, device="cpu"))
+                  PredictConfig(chunk=64, probabilities=True, device="cpu", level=0))
     assert res.chunks_run == 4 and res.chunks_skipped == 12
     g = zarr.open_group(tmp_path / "m.zarr", mode="r")
     ids, probs = g["0"][:], g["probabilities/0"][:]  # type: ignore[index]
@@ -76,7 +76,7 @@ def test_skipped_chunks_read_as_background(tmp_path: Path) -> None:
     assert (probs[0, 128:] == 255).all() and not probs[1:, 128:].any()
     assert g["tissue"].attrs["method"] == "otsu-saturation"  # type: ignore[index]
     full = predict(tmp_path / "s.tif", tmp_path / "all.zarr", tmp_path / "m.safetensors",
-                   PredictConfig(chunk=64, probabilities=True, device="cpu", tissue=False))
+                   PredictConfig(chunk=64, probabilities=True, device="cpu", tissue=False, level=0))
     assert full.chunks_run == 16 and full.chunks_skipped == 0
     np.testing.assert_array_equal(zarr.open_group(tmp_path / "all.zarr", mode="r")["0"][:128, :128], ids[:128, :128])  # type: ignore[index]
 

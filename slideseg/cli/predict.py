@@ -27,10 +27,17 @@ def predict(
     batch_size: Annotated[int | None, typer.Option(
         help="Tiles per engine call. [default: 4 on GPU; CPU: up to 1.5 MP]")] = None,
     chunk: Annotated[int | None, typer.Option(help="Output chunk edge in px. [default: 1024]")] = None,
-    level: Annotated[int | None, typer.Option(help="Pyramid level to read. [default: 0]")] = None,
+    level: Annotated[int | None, typer.Option(
+        help="Pyramid level to read. [default: the level nearest the model's µm/px, resampled to it]")] = None,
+    mpp: Annotated[float | None, typer.Option(
+        help="The slide's level-0 pixel size in µm, overriding its metadata.")] = None,
+    channels: Annotated[str | None, typer.Option(
+        help="Channels to feed the model, in order, e.g. 0,2. [default: all]")] = None,
     series: Annotated[int | None, typer.Option(help="Image series of a multi-series file. [default: 0]")] = None,
     device: Annotated[str | None, typer.Option(help="auto | cpu | cuda[:N]. [default: auto]")] = None,
-    engine: Annotated[str | None, typer.Option(help="auto | torch. [default: auto]")] = None,
+    engine: Annotated[str | None, typer.Option(
+        help="auto | torch | onnxruntime | tensorrt. auto: TensorRT if installed and a GPU is present, else "
+             "torch on CUDA, else the fastest CPU engine (measured once, cached in engines/). [default: auto]")] = None,
     precision: Annotated[str | None, typer.Option(help="fp32 | fp16 | bf16. [default: fp32]")] = None,
     compile: Annotated[bool | None, typer.Option("--compile", help="torch.compile the network.")] = None,
     probabilities: Annotated[bool | None, typer.Option(
@@ -81,7 +88,8 @@ def predict(
     from slideseg.progress import PredictProgress
 
     cfg = PredictConfig(**_given(
-        tile=tile, batch_size=batch_size, chunk=chunk, level=level, series=series, device=device, engine=engine,
+        tile=tile, batch_size=batch_size, chunk=chunk, level=level, mpp=mpp, channels=_ints(channels, "--channels"),
+        series=series, device=device, engine=engine,
         precision=precision, compile=compile, probabilities=probabilities, tissue=tissue,
         tissue_mask=str(tissue_mask) if tissue_mask else None, overwrite=overwrite, resume=resume,
         threads=threads))
@@ -110,6 +118,17 @@ def predict(
     out.print(table)
     if any(it.error for it in items):
         raise typer.Exit(2)
+
+
+def _ints(text: str | None, option: str) -> tuple[int, ...] | None:
+    from slideseg.errors import ConfigError
+
+    if text is None:
+        return None
+    try:
+        return tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise ConfigError(f"{option} expects comma-separated channel numbers such as 0,2; got {text!r}") from None
 
 
 def _summary(result: object) -> None:
