@@ -28,8 +28,8 @@ CPU_BATCH_PIXELS = 1.5e6
 """Default cap on input pixels per engine call on a CPU: a 1212-px tile of a base-16 U-Net
 needs about 0.6 GB of activations, so this keeps inference under ~1 GB."""
 # PredictConfig fields that change the output: a resumed run must match them.
-_OUTPUT_FIELDS = ("tile", "chunk", "level", "mpp", "channels", "series", "probabilities", "precision", "tissue",
-                  "tissue_mask")
+_OUTPUT_FIELDS = ("tile", "chunk", "ngff", "shard", "level", "mpp", "channels", "series", "probabilities",
+                  "precision", "tissue", "tissue_mask")
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,11 @@ class PredictConfig:
     """Tiles per engine call, filled from several chunks when chunks have fewer tiles. None: 4 on
     a GPU; on a CPU as many as fit in 1.5 megapixels (at least 1), which bounds memory."""
     chunk: int = 1024
-    """Output chunk edge in px (the Zarr chunk grid; one task per chunk)."""
+    """Output chunk edge in px (the Zarr chunk grid; one task per chunk, or per shard for 0.5)."""
+    ngff: str = "0.4"
+    """Output format: '0.4' (Zarr v2; QuPath, napari, OMERO) or '0.5' (Zarr v3, sharded)."""
+    shard: int | None = None
+    """For NGFF 0.5: shard edge in px, a multiple of ``chunk`` (default 4 chunks); one task per shard."""
     level: int | None = None
     """Pyramid level of the slide to read; None picks the level closest to the model's pixel size
     (not coarser) and resamples it to exactly that size."""
@@ -90,6 +94,11 @@ class PredictConfig:
             raise ConfigError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if not (self.device in DEVICES or self.device.startswith("cuda:")):
             raise ConfigError(f"--device must be one of {', '.join(DEVICES)} or cuda:N, got {self.device!r}")
+        from slideseg.ngff import check_version
+
+        check_version(self.ngff)
+        if self.shard is not None and (self.ngff != "0.5" or self.shard % self.chunk):
+            raise ConfigError(f"--shard needs --ngff 0.5 and a multiple of --chunk ({self.chunk}); got {self.shard}")
         if self.overwrite and self.resume:
             raise ConfigError("--overwrite and --resume contradict each other; pick one.")
 
@@ -196,11 +205,16 @@ def default_batch_size(tile: int, gpu: bool) -> int:
 
 
 def plan_for(shape: tuple[int, int], geometry: Any, cfg: PredictConfig) -> Plan:
-    """The tiling plan for a slide of ``shape`` under ``cfg`` (tile size checked or chosen)."""
+    """The tiling plan for a slide of ``shape`` under ``cfg`` (tile size checked or chosen).
+
+    Tasks cover one write unit each: a chunk (NGFF 0.4) or a shard (0.5); the default tile
+    covers one chunk either way.
+    """
     tile = cfg.tile or auto_tile(shape, cfg.chunk, geometry.alignment, geometry.smallest_tile_covering)
     geometry.check_tile(tile)
+    unit = cfg.chunk if cfg.ngff == "0.4" else (cfg.shard or 4 * cfg.chunk)
     return make_plan(shape, tile=tile, context=geometry.context, alignment=geometry.alignment,
-                     chunk=cfg.chunk, tile_output=geometry.usable_output(tile))
+                     chunk=unit, tile_output=geometry.usable_output(tile))
 
 
 # ----------------------------------------------------------------------------------- one slide
@@ -312,7 +326,8 @@ def _open_output(output: Path, plan: Plan, mc: Any, source: _Source, attrs: dict
         tissue = detect_tissue(slide_path, plan.shape, cfg.series, **_channels(cfg))
     classes = [LabelClass(k, n, c) for k, (n, c) in enumerate(zip(mc.class_names, mc.class_colors, strict=True))]
     writer = create_mask(output, plan.shape, cfg.chunk, classes, source.mpp, attrs,
-                         probabilities=cfg.probabilities, overwrite=cfg.overwrite)
+                         probabilities=cfg.probabilities, overwrite=cfg.overwrite, ngff=cfg.ngff,
+                         shard=plan.chunk_size if cfg.ngff == "0.5" else None)
     if tissue is not None:
         writer.write_tissue(tissue.mask, tissue.attrs())
     return writer, tissue

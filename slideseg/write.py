@@ -23,9 +23,8 @@ import json
 import math
 import os
 import shutil
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -33,8 +32,22 @@ from typing import Any
 import numpy as np
 import zarr
 from numcodecs import Blosc
+from zarr.codecs import BloscCodec
 
 from slideseg.errors import ConfigError, OutputExistsError, OutputFormatError, SlideReadError
+from slideseg.ngff import (
+    PYRAMID_STOP,
+    LabelClass,
+    NgffVersion,
+    check_version,
+    chunk_box,
+    chunk_boxes,
+    image_label_attrs,
+    multiscales_attrs,
+    pyramid_shapes,
+    unwrap,
+    wrap,
+)
 
 __all__ = [
     "PYRAMID_STOP",
@@ -47,109 +60,13 @@ __all__ = [
     "pyramid_shapes",
 ]
 
-NGFF_VERSION = "0.4"
-PYRAMID_STOP = 1024
-"""The pyramid ends at the first level whose longer side is at most this many pixels."""
 PROBABILITIES = "probabilities"
 DONE = "chunks_done"
 TISSUE = "tissue"
 _CODEC = {"cname": "zstd", "clevel": 5, "shuffle": Blosc.BITSHUFFLE}
 # Entries a mask directory may hold; anything else means it is not ours to delete.
-_OWN_ENTRIES = {".zgroup", ".zattrs", ".zmetadata", PROBABILITIES, DONE, TISSUE}
-_REQUIRED_ATTRS = ("multiscales", "image-label", "slideseg")
-
-
-@dataclass(frozen=True)
-class LabelClass:
-    """One class of the mask: its pixel value, name and display colour."""
-
-    value: int
-    """Pixel value in the mask, 0-255; 0 is the background (and the fill value)."""
-    name: str
-    """Class name, written as the label's ``class`` property."""
-    rgba: tuple[int, int, int, int]
-    """Display colour, four integers 0-255."""
-
-    def __post_init__(self) -> None:
-        if not 0 <= self.value <= 255:
-            raise ConfigError(
-                f"class {self.name!r} has value {self.value}; expected 0-255 (the mask is uint8): renumber the classes"
-            )
-        if len(self.rgba) != 4 or not all(0 <= int(c) <= 255 for c in self.rgba):
-            raise ConfigError(
-                f"class {self.name!r} has colour {self.rgba}; expected four integers 0-255 "
-                f"(r, g, b, a): fix the class colour"
-            )
-
-
-def pyramid_shapes(shape: tuple[int, int], stop: int = PYRAMID_STOP) -> list[tuple[int, int]]:
-    """Shapes of the x2 pyramid, down to the first level whose longer side is <= ``stop``.
-
-    >>> pyramid_shapes((1000, 1500))
-    [(1000, 1500), (500, 750)]
-    >>> pyramid_shapes((5, 3000), stop=1000)
-    [(5, 3000), (3, 1500), (2, 750)]
-    """
-    shapes = [shape]
-    while max(shapes[-1]) > stop:
-        h, w = shapes[-1]
-        shapes.append(((h + 1) // 2, (w + 1) // 2))
-    return shapes
-
-
-def chunk_box(iy: int, ix: int, shape: tuple[int, int], chunk: int) -> tuple[int, int, int, int]:
-    """``(y0, y1, x0, x1)`` of chunk ``(iy, ix)`` of an array, clipped to the array.
-
-    >>> chunk_box(1, 1, (300, 500), 256)
-    (256, 300, 256, 500)
-    """
-    ny, nx = math.ceil(shape[0] / chunk), math.ceil(shape[1] / chunk)
-    if not (0 <= iy < ny and 0 <= ix < nx):
-        raise ValueError(
-            f"chunk ({iy}, {ix}) is outside the {ny} x {nx} chunk grid of a {shape[0]} x "
-            f"{shape[1]} mask with chunk {chunk}; expected 0 <= iy < {ny} and 0 <= ix < {nx}"
-        )
-    return iy * chunk, min((iy + 1) * chunk, shape[0]), ix * chunk, min((ix + 1) * chunk, shape[1])
-
-
-def _chunk_boxes(shape: tuple[int, int], chunk: int) -> Iterator[tuple[int, int, int, int]]:
-    for iy in range(math.ceil(shape[0] / chunk)):
-        for ix in range(math.ceil(shape[1] / chunk)):
-            yield chunk_box(iy, ix, shape, chunk)
-
-
-def multiscales_attrs(name: str, n_levels: int, mpp: float | None, channel: bool) -> list[Any]:
-    """NGFF 0.4 ``multiscales`` for an x2 pyramid: (c,) y, x; scale ``mpp * 2**level``.
-
-    Without a pixel size the scale is in pixels (1.0 at level 0) and the axes have no unit.
-    """
-    unit = {} if mpp is None else {"unit": "micrometer"}
-    axes = [{"name": n, "type": "space", **unit} for n in "yx"]
-    lead = [1.0] if channel else []
-    datasets = [
-        {
-            "path": str(level),
-            "coordinateTransformations": [{"type": "scale", "scale": [*lead, *[(mpp or 1.0) * 2**level] * 2]}],
-        }
-        for level in range(n_levels)
-    ]
-    return [
-        {
-            "version": NGFF_VERSION,
-            "name": name,
-            "axes": ([{"name": "c", "type": "channel"}] if channel else []) + axes,
-            "datasets": datasets,
-        }
-    ]
-
-
-def image_label_attrs(classes: Sequence[LabelClass]) -> dict[str, Any]:
-    """NGFF 0.4 ``image-label``: a colour and a ``class`` property for every class value."""
-    return {
-        "version": NGFF_VERSION,
-        "colors": [{"label-value": c.value, "rgba": [int(v) for v in c.rgba]} for c in classes],
-        "properties": [{"label-value": c.value, "class": c.name} for c in classes],
-    }
+_OWN_ENTRIES = {".zgroup", ".zattrs", ".zmetadata", "zarr.json", PROBABILITIES, DONE, TISSUE}
+_REQUIRED_ATTRS = ("multiscales", "image-label")
 
 
 class MaskWriter:
@@ -169,9 +86,11 @@ class MaskWriter:
         classes: tuple[LabelClass, ...],
         mpp: float | None,
         attrs: dict[str, Any],
+        version: NgffVersion = "0.4",
     ) -> None:
         self.path, self.shape, self.chunk, self.n_classes = path, shape, chunk, len(classes)
         self._group, self._classes, self._mpp, self._attrs = group, classes, mpp, attrs
+        self.version = version
         self._level0 = _array(group, "0")
         self._probs = _array(group, f"{PROBABILITIES}/0") if PROBABILITIES in group else None
         self._done = _array(group, DONE)
@@ -230,10 +149,7 @@ class MaskWriter:
 
     def write_tissue(self, mask: np.ndarray, attrs: Mapping[str, Any]) -> None:
         """Save the low-resolution tissue mask (bool or uint8 (h, w)) that chose the chunks to run."""
-        arr = self._group.create_array(
-            TISSUE, shape=mask.shape, chunks=mask.shape, dtype="uint8", compressors=Blosc(**_CODEC),
-            fill_value=0, chunk_key_encoding={"name": "v2", "separator": "/"}, overwrite=True,
-        )
+        arr = _create_level(self._group, TISSUE, mask.shape, mask.shape, self.version)
         arr[...] = mask.astype(np.uint8)
         arr.attrs.put(_json_record(attrs))
 
@@ -248,25 +164,25 @@ class MaskWriter:
             raise ConfigError(f"num_workers is {num_workers}; expected at least 1: pass a positive number")
         shapes = pyramid_shapes(self.shape)
         workers = num_workers or min(8, os.cpu_count() or 1)
-        pyramids: list[tuple[zarr.Group, tuple[int, ...]]] = [(self._group, (self.chunk, self.chunk))]
+        pyramids: list[tuple[zarr.Group, tuple[int, ...]]] = [(self._group, tuple(self._level0.chunks))]
         if self._probs is not None:
-            pyramids.append((_subgroup(self._group, PROBABILITIES), (1, self.chunk, self.chunk)))
+            pyramids.append((_subgroup(self._group, PROBABILITIES), tuple(self._probs.chunks)))
         with ThreadPoolExecutor(max_workers=workers) as pool:
             for group, chunks in pyramids:
                 for level in range(1, len(shapes)):
                     src = _array(group, str(level - 1))
                     lead = src.shape[:-2]
-                    dst = _create_level(group, str(level), (*lead, *shapes[level]), chunks)
-                    boxes = _chunk_boxes(shapes[level], self.chunk)
+                    dst = _create_level(group, str(level), (*lead, *shapes[level]), chunks, self.version, self.chunk)
+                    boxes = chunk_boxes(shapes[level], self.chunk)
                     list(pool.map(partial(_halve_box, src, dst), boxes))  # one task per chunk
         self._write_attrs(len(shapes), complete=True)
         self._finalized = True
 
     def _write_attrs(self, n_levels: int, complete: bool) -> None:
         if self._probs is not None:
-            probs_ms = multiscales_attrs(PROBABILITIES, n_levels, self._mpp, channel=True)
-            _subgroup(self._group, PROBABILITIES).attrs.put({"multiscales": probs_ms})
-        self._group.attrs.put(_root_attrs(self._classes, self._mpp, n_levels, self._attrs, complete))
+            probs_ms = multiscales_attrs(PROBABILITIES, n_levels, self._mpp, channel=True, version=self.version)
+            _subgroup(self._group, PROBABILITIES).attrs.put(wrap(self.version, {"multiscales": probs_ms}, {}))
+        self._group.attrs.put(_root_attrs(self._classes, self._mpp, n_levels, self._attrs, complete, self.version))
 
 
 def create_mask(
@@ -279,6 +195,8 @@ def create_mask(
     *,
     probabilities: bool = False,
     overwrite: bool = False,
+    ngff: str = "0.4",
+    shard: int | None = None,
 ) -> MaskWriter:
     """Create an empty mask (all background) and return its writer.
 
@@ -290,6 +208,11 @@ def create_mask(
         (H, W) of level 0, the slide level being segmented.
     chunk
         Chunk side in pixels of every level.
+    ngff
+        "0.4": Zarr v2 (QuPath, napari, OMERO read it). "0.5": Zarr v3 with sharding.
+    shard
+        For 0.5: shard side in pixels, a multiple of ``chunk`` (default ``4 * chunk``). The shard
+        is the unit :meth:`MaskWriter.write_chunk` writes, so no two writers share a shard.
     classes
         Every class, including the background value 0.
     mpp
@@ -316,65 +239,82 @@ def create_mask(
     sorted_classes = _check_classes(classes)
     if mpp is not None and not (math.isfinite(mpp) and mpp > 0):
         raise ConfigError(f"mpp is {mpp}; expected a positive number of µm per pixel: pass the slide mpp or None")
+    version = check_version(ngff)
+    unit = _write_unit(chunk, shard, version)
     record = _json_record(attrs)
     _clear_output(p, overwrite)
-    root = _root_attrs(sorted_classes, mpp, 1, record, complete=False)
-    group = zarr.open_group(p, mode="w-", zarr_format=2, attributes=root)
-    _create_level(group, "0", shape, (chunk, chunk))
-    grid = (math.ceil(shape[0] / chunk), math.ceil(shape[1] / chunk))
-    group.create_array(DONE, shape=grid, chunks=(1, 1), dtype="uint8", compressors=None, fill_value=0,
-                       chunk_key_encoding={"name": "v2", "separator": "/"})
+    root = _root_attrs(sorted_classes, mpp, 1, record, False, version)
+    group = zarr.open_group(p, mode="w-", zarr_format=2 if version == "0.4" else 3, attributes=root)
+    _create_level(group, "0", shape, (chunk, chunk), version, unit)
+    grid = (math.ceil(shape[0] / unit), math.ceil(shape[1] / unit))
+    _create_level(group, DONE, grid, (1, 1), version, compress=False)
     if probabilities:
-        probs_ms = multiscales_attrs(PROBABILITIES, 1, mpp, channel=True)
-        sub = group.create_group(PROBABILITIES, attributes={"multiscales": probs_ms})
-        _create_level(sub, "0", (len(sorted_classes), *shape), (1, chunk, chunk))
-    return MaskWriter(p, group, shape, chunk, sorted_classes, mpp, record)
+        probs_ms = multiscales_attrs(PROBABILITIES, 1, mpp, channel=True, version=version)
+        sub = group.create_group(PROBABILITIES, attributes=wrap(version, {"multiscales": probs_ms}, {}))
+        _create_level(sub, "0", (len(sorted_classes), *shape), (1, chunk, chunk), version, unit)
+    return MaskWriter(p, group, shape, unit, sorted_classes, mpp, record, version)
+
+
+def _write_unit(chunk: int, shard: int | None, version: NgffVersion) -> int:
+    if version == "0.4":
+        if shard is not None:
+            raise ConfigError("--shard applies to --ngff 0.5 (Zarr v3) only; drop it or add --ngff 0.5")
+        return chunk
+    unit = shard or 4 * chunk
+    if unit % chunk:
+        raise ConfigError(f"--shard {unit} must be a multiple of the chunk ({chunk} px); try {chunk * 4}")
+    return unit
 
 
 def open_mask_writer(path: str | os.PathLike[str]) -> MaskWriter:
     """Reopen an existing mask to write more chunks (resume, or a worker of a distributed run)."""
     group = open_mask(path, mode="r+")
     attrs: dict[str, Any] = dict(group.attrs)
+    version, ome = unwrap(attrs)
     record = {k: v for k, v in attrs["slideseg"].items() if k != "complete"}
+    label = ome["image-label"]
     classes = tuple(
         LabelClass(c["label-value"], p.get("class", str(c["label-value"])), tuple(c["rgba"]))
-        for c, p in zip(attrs["image-label"]["colors"], attrs["image-label"]["properties"], strict=True)
+        for c, p in zip(label["colors"], label["properties"], strict=True)
     )
     level0 = _array(group, "0")
     if DONE not in group:
         raise OutputFormatError(f"{path} has no '{DONE}' record, so what is done cannot be known; "
                                 "it was written by an older slideseg: run again with --overwrite")
-    ms = _multiscale(group)
+    ms = ome["multiscales"][0]
     unit = ms["axes"][-1].get("unit")
     mpp = ms["datasets"][0]["coordinateTransformations"][0]["scale"][-1] if unit == "micrometer" else None
     shape = (int(level0.shape[0]), int(level0.shape[1]))
-    return MaskWriter(Path(path), group, shape, int(level0.chunks[0]), classes, mpp, record)
+    write_unit = int((getattr(level0, "shards", None) or level0.chunks)[0])
+    return MaskWriter(Path(path), group, shape, write_unit, classes, mpp, record, version or "0.4")
 
 
 def open_mask(path: str | os.PathLike[str], mode: str = "r") -> zarr.Group:
-    """Open a mask written by slideseg (read-only unless ``mode='r+'``).
+    """Open a mask written by slideseg (read-only unless ``mode='r+'``), NGFF 0.4 or 0.5.
 
     Raises
     ------
     SlideReadError
         ``path`` does not exist.
     OutputFormatError
-        ``path`` is not a Zarr v2 group with slideseg's label-image attributes.
+        ``path`` is not a Zarr group with slideseg's label-image attributes.
     """
     p = Path(path)
     if not p.exists():
         raise SlideReadError(f"{p} does not exist; expected a slideseg mask directory: check the path")
     try:
-        group = zarr.open_group(p, mode=mode, zarr_format=2)  # type: ignore[arg-type]
+        group = zarr.open_group(p, mode=mode)  # type: ignore[arg-type]
     except (OSError, ValueError, KeyError) as e:
         raise OutputFormatError(
-            f"{p} is not a Zarr v2 group ({type(e).__name__}); expected a slideseg mask "
-            f"(OME-Zarr 0.4): pass the mask.zarr written by slideseg predict"
+            f"{p} is not a Zarr group ({type(e).__name__}); expected a slideseg mask "
+            f"(OME-Zarr): pass the mask.zarr written by slideseg predict"
         ) from e
-    missing = [k for k in _REQUIRED_ATTRS if k not in group.attrs]
+    attrs = dict(group.attrs)
+    _, ome = unwrap(attrs)
+    missing = [k for k in _REQUIRED_ATTRS if k not in ome] + ([] if "slideseg" in attrs else ["slideseg"])
     if missing:
         raise OutputFormatError(
-            f"{p} is not a slideseg mask: expected attributes {list(_REQUIRED_ATTRS)}, "
+            f"{p} is not a slideseg mask: expected attributes {[*_REQUIRED_ATTRS, 'slideseg']}, "
             f"{', '.join(missing)} missing: pass the mask.zarr written by slideseg predict"
         )
     return group
@@ -384,16 +324,18 @@ def describe_mask(path: str | os.PathLike[str]) -> dict[str, Any]:
     """JSON-able summary of a mask: levels, pixel size, classes, provenance, completeness."""
     group = open_mask(path)
     attrs: dict[str, Any] = dict(group.attrs)
+    version, ome = unwrap(attrs)
     record = dict(attrs["slideseg"])
-    ms = _multiscale(group)
+    ms = ome["multiscales"][0]
     x_axis = ms["axes"][-1]
     scale0 = ms["datasets"][0]["coordinateTransformations"][0]["scale"][-1]
-    names = {p["label-value"]: p.get("class") for p in attrs["image-label"].get("properties", [])}
+    names = {p["label-value"]: p.get("class") for p in ome["image-label"].get("properties", [])}
     probs = group.get(PROBABILITIES)
     done = group.get(DONE)
     chunks_done = int(np.count_nonzero(done[:])) if isinstance(done, zarr.Array) else None
     return {
         "path": str(Path(path)),
+        "ngff": version,
         "complete": bool(record.get("complete", False)),
         "chunks_done": chunks_done,
         "chunks_total": int(np.prod(done.shape)) if isinstance(done, zarr.Array) else None,
@@ -401,7 +343,7 @@ def describe_mask(path: str | os.PathLike[str]) -> dict[str, Any]:
         "levels": _describe_levels(group, ms),
         "classes": [
             {"value": c["label-value"], "name": names.get(c["label-value"]), "rgba": c["rgba"]}
-            for c in attrs["image-label"]["colors"]
+            for c in ome["image-label"]["colors"]
         ],
         "probabilities": (_describe_levels(probs, _multiscale(probs)) if isinstance(probs, zarr.Group) else None),
         "slideseg": record,
@@ -412,27 +354,31 @@ def describe_mask(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 def _root_attrs(
-    classes: Sequence[LabelClass], mpp: float | None, n_levels: int, record: dict[str, Any], complete: bool
+    classes: Sequence[LabelClass], mpp: float | None, n_levels: int, record: dict[str, Any], complete: bool,
+    version: NgffVersion = "0.4",
 ) -> dict[str, Any]:
-    return {
-        "multiscales": multiscales_attrs("mask", n_levels, mpp, channel=False),
-        "image-label": image_label_attrs(classes),
-        "slideseg": {**record, "complete": complete},
+    ome = {
+        "multiscales": multiscales_attrs("mask", n_levels, mpp, channel=False, version=version),
+        "image-label": image_label_attrs(classes, version),
     }
+    return wrap(version, ome, {"slideseg": {**record, "complete": complete}})
 
 
-def _create_level(group: zarr.Group, name: str, shape: tuple[int, ...], chunks: tuple[int, ...]) -> zarr.Array[Any]:
-    """A uint8 Zarr v2 array, '/'-separated chunk keys, Blosc zstd, fill 0 (replacing any old)."""
-    return group.create_array(
-        name,
-        shape=shape,
-        chunks=chunks,
-        dtype="uint8",
-        compressors=Blosc(**_CODEC),
-        fill_value=0,
-        chunk_key_encoding={"name": "v2", "separator": "/"},
-        overwrite=True,
-    )
+def _create_level(group: zarr.Group, name: str, shape: tuple[int, ...], chunks: tuple[int, ...],
+                  version: NgffVersion = "0.4", unit: int | None = None, compress: bool = True) -> zarr.Array[Any]:
+    """A uint8 array, fill 0, replacing any old one. 0.4: Zarr v2, '/'-separated keys, Blosc zstd.
+    0.5: Zarr v3 with ``dimension_names`` and, when ``unit`` exceeds the chunk, shards of
+    ``unit`` x ``unit`` (full extent along any leading axis)."""
+    kw: dict[str, Any] = {}
+    if version == "0.4":
+        kw["compressors"] = Blosc(**_CODEC) if compress else None
+        kw["chunk_key_encoding"] = {"name": "v2", "separator": "/"}
+    else:
+        kw["compressors"] = BloscCodec(cname="zstd", clevel=5, shuffle="bitshuffle") if compress else None
+        kw["dimension_names"] = ("c", "y", "x")[-len(shape):]
+        if unit and unit > chunks[-1]:
+            kw["shards"] = (*shape[:-2], unit, unit)
+    return group.create_array(name, shape=shape, chunks=chunks, dtype="uint8", fill_value=0, overwrite=True, **kw)
 
 
 def _halve_box(src: zarr.Array[Any], dst: zarr.Array[Any], box: tuple[int, int, int, int]) -> None:
@@ -523,8 +469,8 @@ def _subgroup(group: zarr.Group, key: str) -> zarr.Group:
 
 
 def _multiscale(group: zarr.Group) -> dict[str, Any]:
-    attrs: dict[str, Any] = dict(group.attrs)
-    return dict(attrs["multiscales"][0])
+    _, ome = unwrap(dict(group.attrs))
+    return dict(ome["multiscales"][0])
 
 
 def _describe_levels(group: zarr.Group, ms: Mapping[str, Any]) -> list[dict[str, Any]]:

@@ -347,3 +347,43 @@ def test_bad_label_class() -> None:
 def test_attrs_must_be_json(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="not JSON"):
         create_mask(tmp_path / "m.zarr", (40, 60), 16, CLASSES, None, {"path": Path("x")})
+
+
+def test_ngff_05_sharded_round_trip_and_validation(tmp_path: Path) -> None:
+    """NGFF 0.5: Zarr v3, attributes under `ome`, dimension names, shards of 4 x 4 chunks written
+    whole by one call each; validates with ome-zarr-models and opens with ome-zarr's reader."""
+    from ome_zarr.format import FormatV05
+    from ome_zarr_models.v05.image import Image as Image05
+    from ome_zarr_models.v05.image_label import ImageLabel as ImageLabel05
+
+    path = tmp_path / "mask.zarr"
+    writer = create_mask(path, (1000, 1500), 64, CLASSES, 0.5, ATTRS, probabilities=True, ngff="0.5", shard=256)
+    assert writer.chunk == 256 and writer.grid == (4, 6)  # the write unit is the shard
+    ids, probs = _fill(writer, probabilities=True)
+    writer.finalize(num_workers=2)
+    group = zarr.open_group(path, mode="r")
+    assert group.metadata.zarr_format == 3 and group.attrs["ome"]["version"] == "0.5"  # type: ignore[index]
+    level0 = group["0"]
+    assert isinstance(level0, zarr.Array)
+    assert level0.chunks == (64, 64) and level0.shards == (256, 256)
+    assert level0.metadata.dimension_names == ("y", "x")  # type: ignore[union-attr]
+    np.testing.assert_array_equal(level0[:], ids)
+    np.testing.assert_array_equal(group["1"][:], ids[::2, ::2])  # type: ignore[index]
+    np.testing.assert_array_equal(group["probabilities/0"][:], probs)  # type: ignore[index]
+    label = ImageLabel05.from_zarr(group)
+    assert [c.label_value for c in label.attributes.ome.image_label.colors or ()] == [0, 1, 2]  # type: ignore[union-attr]
+    Image05.from_zarr(zarr.open_group(path / "probabilities", mode="r"))
+    location = parse_url(str(path), fmt=FormatV05())
+    assert location is not None
+    node = next(iter(Reader(location)()))
+    assert any(isinstance(s, Label) for s in node.specs)
+    assert [t[0]["scale"] for t in node.metadata["coordinateTransformations"]] == [[0.5, 0.5], [1.0, 1.0]]
+    d = describe_mask(path)
+    assert d["ngff"] == "0.5" and d["complete"] is True and d["chunks_done"] == 24
+
+
+def test_shard_must_hold_whole_chunks(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="multiple of the chunk"):
+        create_mask(tmp_path / "m.zarr", (100, 100), 64, CLASSES, None, ATTRS, ngff="0.5", shard=100)
+    with pytest.raises(ConfigError, match="--shard applies to --ngff 0.5"):
+        create_mask(tmp_path / "m.zarr", (100, 100), 64, CLASSES, None, ATTRS, shard=128)

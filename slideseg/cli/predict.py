@@ -27,6 +27,10 @@ def predict(
     batch_size: Annotated[int | None, typer.Option(
         help="Tiles per engine call. [default: 4 on GPU; CPU: up to 1.5 MP]")] = None,
     chunk: Annotated[int | None, typer.Option(help="Output chunk edge in px. [default: 1024]")] = None,
+    ngff: Annotated[str | None, typer.Option(
+        help="Output format: 0.4 (Zarr v2; QuPath, napari, OMERO) or 0.5 (Zarr v3, sharded). [default: 0.4]")] = None,
+    shard: Annotated[int | None, typer.Option(
+        help="NGFF 0.5 shard edge in px, a multiple of --chunk. [default: 4 chunks]")] = None,
     level: Annotated[int | None, typer.Option(
         help="Pyramid level to read. [default: the level nearest the model's µm/px, resampled to it]")] = None,
     mpp: Annotated[float | None, typer.Option(
@@ -88,9 +92,8 @@ def predict(
     from slideseg.progress import PredictProgress
 
     cfg = PredictConfig(**_given(
-        tile=tile, batch_size=batch_size, chunk=chunk, level=level, mpp=mpp, channels=_ints(channels, "--channels"),
-        series=series, device=device, engine=engine,
-        precision=precision, compile=compile, probabilities=probabilities, tissue=tissue,
+        tile=tile, batch_size=batch_size, chunk=chunk, ngff=ngff, shard=shard, level=level, mpp=mpp,
+        channels=_ints(channels, "--channels"), series=series, device=device, engine=engine, precision=precision, compile=compile, probabilities=probabilities, tissue=tissue,
         tissue_mask=str(tissue_mask) if tissue_mask else None, overwrite=overwrite, resume=resume,
         threads=threads))
     cc = ClusterConfig(threads=io_threads, **_given(

@@ -1,0 +1,140 @@
+"""OME-NGFF metadata for slideseg's outputs, versions 0.4 (Zarr v2) and 0.5 (Zarr v3): pure
+functions that build and read the JSON, no I/O.
+
+0.4 keeps ``multiscales`` and ``image-label`` at the top of the attributes, each with its own
+``version``; 0.5 nests them under ``ome`` with one ``version`` there, and its arrays carry
+``dimension_names``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from slideseg.errors import ConfigError
+
+NgffVersion = Literal["0.4", "0.5"]
+VERSIONS: tuple[NgffVersion, ...] = ("0.4", "0.5")
+PYRAMID_STOP = 1024
+"""The pyramid ends at the first level whose longer side is at most this many pixels."""
+
+
+@dataclass(frozen=True)
+class LabelClass:
+    """One class of the mask: its pixel value, name and display colour."""
+
+    value: int
+    """Pixel value in the mask, 0-255; 0 is the background (and the fill value)."""
+    name: str
+    """Class name, written as the label's ``class`` property."""
+    rgba: tuple[int, int, int, int]
+    """Display colour, four integers 0-255."""
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.value <= 255:
+            raise ConfigError(
+                f"class {self.name!r} has value {self.value}; expected 0-255 (the mask is uint8): renumber the classes"
+            )
+        if len(self.rgba) != 4 or not all(0 <= int(c) <= 255 for c in self.rgba):
+            raise ConfigError(
+                f"class {self.name!r} has colour {self.rgba}; expected four integers 0-255 "
+                f"(r, g, b, a): fix the class colour"
+            )
+
+
+def pyramid_shapes(shape: tuple[int, int], stop: int = PYRAMID_STOP) -> list[tuple[int, int]]:
+    """Shapes of the x2 pyramid, down to the first level whose longer side is <= ``stop``.
+
+    >>> pyramid_shapes((1000, 1500))
+    [(1000, 1500), (500, 750)]
+    >>> pyramid_shapes((5, 3000), stop=1000)
+    [(5, 3000), (3, 1500), (2, 750)]
+    """
+    shapes = [shape]
+    while max(shapes[-1]) > stop:
+        h, w = shapes[-1]
+        shapes.append(((h + 1) // 2, (w + 1) // 2))
+    return shapes
+
+
+def chunk_box(iy: int, ix: int, shape: tuple[int, int], chunk: int) -> tuple[int, int, int, int]:
+    """``(y0, y1, x0, x1)`` of chunk ``(iy, ix)`` of an array, clipped to the array.
+
+    >>> chunk_box(1, 1, (300, 500), 256)
+    (256, 300, 256, 500)
+    """
+    ny, nx = math.ceil(shape[0] / chunk), math.ceil(shape[1] / chunk)
+    if not (0 <= iy < ny and 0 <= ix < nx):
+        raise ValueError(
+            f"chunk ({iy}, {ix}) is outside the {ny} x {nx} chunk grid of a {shape[0]} x "
+            f"{shape[1]} mask with chunk {chunk}; expected 0 <= iy < {ny} and 0 <= ix < {nx}"
+        )
+    return iy * chunk, min((iy + 1) * chunk, shape[0]), ix * chunk, min((ix + 1) * chunk, shape[1])
+
+
+def chunk_boxes(shape: tuple[int, int], chunk: int) -> Iterator[tuple[int, int, int, int]]:
+    for iy in range(math.ceil(shape[0] / chunk)):
+        for ix in range(math.ceil(shape[1] / chunk)):
+            yield chunk_box(iy, ix, shape, chunk)
+
+
+def multiscales_attrs(name: str, n_levels: int, mpp: float | None, channel: bool,
+                      version: NgffVersion = "0.4") -> list[Any]:
+    """NGFF ``multiscales`` for an x2 pyramid: (c,) y, x; scale ``mpp * 2**level``.
+
+    Without a pixel size the scale is in pixels (1.0 at level 0) and the axes have no unit.
+    """
+    unit = {} if mpp is None else {"unit": "micrometer"}
+    axes = [{"name": n, "type": "space", **unit} for n in "yx"]
+    lead = [1.0] if channel else []
+    datasets = [
+        {
+            "path": str(level),
+            "coordinateTransformations": [{"type": "scale", "scale": [*lead, *[(mpp or 1.0) * 2**level] * 2]}],
+        }
+        for level in range(n_levels)
+    ]
+    return [
+        {
+            **({"version": version} if version == "0.4" else {}),
+            "name": name,
+            "axes": ([{"name": "c", "type": "channel"}] if channel else []) + axes,
+            "datasets": datasets,
+        }
+    ]
+
+
+def image_label_attrs(classes: Sequence[LabelClass], version: NgffVersion = "0.4") -> dict[str, Any]:
+    """NGFF ``image-label``: a colour and a ``class`` property for every class value."""
+    return {
+        **({"version": version} if version == "0.4" else {}),
+        "colors": [{"label-value": c.value, "rgba": [int(v) for v in c.rgba]} for c in classes],
+        "properties": [{"label-value": c.value, "class": c.name} for c in classes],
+    }
+
+
+
+
+def wrap(version: NgffVersion, ome: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    """Group attributes: the NGFF keys ``ome`` (placed for ``version``) plus slideseg's own."""
+    if version == "0.4":
+        return {**ome, **extra}
+    return {"ome": {"version": version, **ome}, **extra}
+
+
+def unwrap(attrs: Mapping[str, Any]) -> tuple[NgffVersion | None, dict[str, Any]]:
+    """(version, NGFF keys) of group attributes written by :func:`wrap` (or by other tools)."""
+    if isinstance(attrs.get("ome"), Mapping):
+        ome = dict(attrs["ome"])
+        return ome.get("version"), ome
+    ms = attrs.get("multiscales")
+    version = ms[0].get("version") if isinstance(ms, list) and ms and isinstance(ms[0], Mapping) else None
+    return version, dict(attrs)
+
+
+def check_version(version: str) -> NgffVersion:
+    if version not in VERSIONS:
+        raise ConfigError(f"--ngff must be one of {', '.join(VERSIONS)}, got {version!r}")
+    return version
