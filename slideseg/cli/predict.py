@@ -93,7 +93,8 @@ def predict(
 
     cfg = PredictConfig(**_given(
         tile=tile, batch_size=batch_size, chunk=chunk, ngff=ngff, shard=shard, level=level, mpp=mpp,
-        channels=_ints(channels, "--channels"), series=series, device=device, engine=engine, precision=precision, compile=compile, probabilities=probabilities, tissue=tissue,
+        channels=_ints(channels, "--channels"), series=series, device=device, engine=engine, precision=precision,
+        compile=compile, probabilities=probabilities, tissue=tissue,
         tissue_mask=str(tissue_mask) if tissue_mask else None, overwrite=overwrite, resume=resume,
         threads=threads))
     cc = ClusterConfig(threads=io_threads, **_given(
