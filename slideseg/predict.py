@@ -28,8 +28,8 @@ CPU_BATCH_PIXELS = 1.5e6
 """Default cap on input pixels per engine call on a CPU: a 1212-px tile of a base-16 U-Net
 needs about 0.6 GB of activations, so this keeps inference under ~1 GB."""
 # PredictConfig fields that change the output: a resumed run must match them.
-_OUTPUT_FIELDS = ("tile", "chunk", "ngff", "shard", "level", "mpp", "channels", "series", "probabilities",
-                  "precision", "tissue", "tissue_mask")
+_OUTPUT_FIELDS = ("tile", "chunk", "ngff", "shard", "into", "name", "level", "mpp", "channels", "series",
+                  "probabilities", "precision", "tissue", "tissue_mask")
 
 
 @dataclass(frozen=True)
@@ -70,6 +70,10 @@ class PredictConfig:
     """Run only chunks that hold tissue (detected on a thumbnail); the rest read as background."""
     tissue_mask: str | None = None
     """A low-resolution tissue mask to use instead of detection (non-zero = tissue)."""
+    into: str | None = None
+    """Write the mask as a label of this existing OME-Zarr image (``INTO/labels/NAME``)."""
+    name: str = "segmentation"
+    """Name of the label with ``into``."""
     overwrite: bool = False
     """Replace an existing output."""
     resume: bool = False
@@ -148,10 +152,20 @@ class _Quiet:
         pass
 
 
-def predict(slide_path: str | os.PathLike[str], output: str | os.PathLike[str],
+def predict(slide_path: str | os.PathLike[str], output: str | os.PathLike[str] | None,
             model_path: str | os.PathLike[str], cfg: PredictConfig = PredictConfig(),
             cluster: ClusterConfig = ClusterConfig(), observer: Observer | None = None) -> PredictResult:
-    """Segment one slide into an OME-Zarr label image at ``output``."""
+    """Segment one slide into an OME-Zarr label image at ``output`` (or, with ``cfg.into``, at
+    ``INTO/labels/NAME``)."""
+    from slideseg.labels import label_path
+
+    if cfg.into is not None:
+        target = label_path(cfg.into, cfg.name)
+        if output is not None and Path(output).resolve() != target.resolve():
+            raise ConfigError(f"-o {output} and --into {cfg.into} disagree; with --into the mask goes to {target}.")
+        output = target
+    if output is None:
+        raise ConfigError("no output given: pass -o mask.zarr, or --into image.ome.zarr --name NAME")
     key = _engine_key(model_path, cfg)
     with dask_client(cluster, gpu=_wants_gpu(cfg)) as client:
         return _predict_one(client, Path(slide_path), Path(output), key, cfg, observer or _Quiet())
@@ -223,7 +237,7 @@ def plan_for(shape: tuple[int, int], geometry: Any, cfg: PredictConfig) -> Plan:
 def _predict_one(client: Any, slide_path: Path, output: Path, key: EngineKey, cfg: PredictConfig,
                  observer: Observer) -> PredictResult:
     t0 = time.perf_counter()
-    _check_paths(slide_path, output)
+    _check_paths(slide_path, output, into=cfg.into is not None)
     resources: dict[str, float] | None = {"GPU": 1.0} if _wants_gpu(cfg) else None
     client.register_plugin(preload_plugin(key))
     info = client.submit(_engine_info, key, pure=False, resources=resources).result()
@@ -325,9 +339,16 @@ def _open_output(output: Path, plan: Plan, mc: Any, source: _Source, attrs: dict
     elif cfg.tissue:
         tissue = detect_tissue(slide_path, plan.shape, cfg.series, **_channels(cfg))
     classes = [LabelClass(k, n, c) for k, (n, c) in enumerate(zip(mc.class_names, mc.class_colors, strict=True))]
+    into = None
+    if cfg.into is not None:
+        from slideseg.labels import check_alignment, parent_levels
+
+        into = parent_levels(cfg.into)
+        check_alignment(into, plan.shape, source.mpp)
+    version = into.version if into is not None else cfg.ngff
     writer = create_mask(output, plan.shape, cfg.chunk, classes, source.mpp, attrs,
-                         probabilities=cfg.probabilities, overwrite=cfg.overwrite, ngff=cfg.ngff,
-                         shard=plan.chunk_size if cfg.ngff == "0.5" else None)
+                         probabilities=cfg.probabilities, overwrite=cfg.overwrite, ngff=version,
+                         shard=plan.chunk_size if version == "0.5" else None, into=into)
     if tissue is not None:
         writer.write_tissue(tissue.mask, tissue.attrs())
     return writer, tissue
@@ -398,9 +419,9 @@ def _stem(path: Path) -> str:
     return path.stem
 
 
-def _check_paths(slide: Path, output: Path) -> None:
+def _check_paths(slide: Path, output: Path, into: bool = False) -> None:
     src, dst = slide.resolve(), output.resolve()
-    if src == dst or dst in src.parents or src in dst.parents:
+    if src == dst or dst in src.parents or (src in dst.parents and not into):
         raise ConfigError(f"the output {output} overlaps the input {slide}; choose another -o path.")
 
 

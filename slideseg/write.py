@@ -35,6 +35,7 @@ from numcodecs import Blosc
 from zarr.codecs import BloscCodec
 
 from slideseg.errors import ConfigError, OutputExistsError, OutputFormatError, SlideReadError
+from slideseg.labels import ParentLevels, grid_boxes, prepare_labels_group, register_label, resample_nearest
 from slideseg.ngff import (
     PYRAMID_STOP,
     LabelClass,
@@ -61,11 +62,12 @@ __all__ = [
 ]
 
 PROBABILITIES = "probabilities"
+PREDICTION = "prediction"
 DONE = "chunks_done"
 TISSUE = "tissue"
 _CODEC = {"cname": "zstd", "clevel": 5, "shuffle": Blosc.BITSHUFFLE}
 # Entries a mask directory may hold; anything else means it is not ours to delete.
-_OWN_ENTRIES = {".zgroup", ".zattrs", ".zmetadata", "zarr.json", PROBABILITIES, DONE, TISSUE}
+_OWN_ENTRIES = {".zgroup", ".zattrs", ".zmetadata", "zarr.json", PROBABILITIES, PREDICTION, DONE, TISSUE}
 _REQUIRED_ATTRS = ("multiscales", "image-label")
 
 
@@ -87,11 +89,13 @@ class MaskWriter:
         mpp: float | None,
         attrs: dict[str, Any],
         version: NgffVersion = "0.4",
+        into: ParentLevels | None = None,
     ) -> None:
         self.path, self.shape, self.chunk, self.n_classes = path, shape, chunk, len(classes)
         self._group, self._classes, self._mpp, self._attrs = group, classes, mpp, attrs
         self.version = version
-        self._level0 = _array(group, "0")
+        self.into = into
+        self._level0 = _array(group, PREDICTION if into else "0")
         self._probs = _array(group, f"{PROBABILITIES}/0") if PROBABILITIES in group else None
         self._done = _array(group, DONE)
         self._finalized = False
@@ -164,7 +168,11 @@ class MaskWriter:
             raise ConfigError(f"num_workers is {num_workers}; expected at least 1: pass a positive number")
         shapes = pyramid_shapes(self.shape)
         workers = num_workers or min(8, os.cpu_count() or 1)
-        pyramids: list[tuple[zarr.Group, tuple[int, ...]]] = [(self._group, tuple(self._level0.chunks))]
+        pyramids: list[tuple[zarr.Group, tuple[int, ...]]] = []
+        if self.into is None:
+            pyramids.append((self._group, tuple(self._level0.chunks)))
+        else:
+            self._write_into_levels(workers)
         if self._probs is not None:
             pyramids.append((_subgroup(self._group, PROBABILITIES), tuple(self._probs.chunks)))
         with ThreadPoolExecutor(max_workers=workers) as pool:
@@ -176,13 +184,24 @@ class MaskWriter:
                     boxes = chunk_boxes(shapes[level], self.chunk)
                     list(pool.map(partial(_halve_box, src, dst), boxes))  # one task per chunk
         self._write_attrs(len(shapes), complete=True)
+        if self.into is not None:
+            register_label(self.path.parent.parent, self.path.name, self.version)
         self._finalized = True
+
+    def _write_into_levels(self, workers: int) -> None:
+        """``--into``: every level of the image gets a label level on its own pixel grid."""
+        assert self.into is not None
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            for path, shape in zip(self.into.paths, self.into.shapes, strict=True):
+                dst = _create_level(self._group, path, shape, tuple(self._level0.chunks), self.version, self.chunk)
+                list(pool.map(partial(resample_nearest, self._level0, dst), grid_boxes(shape, self.chunk)))
 
     def _write_attrs(self, n_levels: int, complete: bool) -> None:
         if self._probs is not None:
             probs_ms = multiscales_attrs(PROBABILITIES, n_levels, self._mpp, channel=True, version=self.version)
             _subgroup(self._group, PROBABILITIES).attrs.put(wrap(self.version, {"multiscales": probs_ms}, {}))
-        self._group.attrs.put(_root_attrs(self._classes, self._mpp, n_levels, self._attrs, complete, self.version))
+        root = _root_attrs(self._classes, self._mpp, n_levels, self._attrs, complete, self.version, self.into)
+        self._group.attrs.put(root)
 
 
 def create_mask(
@@ -197,6 +216,7 @@ def create_mask(
     overwrite: bool = False,
     ngff: str = "0.4",
     shard: int | None = None,
+    into: ParentLevels | None = None,
 ) -> MaskWriter:
     """Create an empty mask (all background) and return its writer.
 
@@ -213,6 +233,10 @@ def create_mask(
     shard
         For 0.5: shard side in pixels, a multiple of ``chunk`` (default ``4 * chunk``). The shard
         is the unit :meth:`MaskWriter.write_chunk` writes, so no two writers share a shard.
+    into
+        Write a label of an existing image (``path`` is ``IMAGE/labels/NAME``): the prediction is
+        staged in ``prediction`` and :meth:`MaskWriter.finalize` makes one label level per image
+        level, on the image's pixel grids, then lists the label in ``IMAGE/labels``.
     classes
         Every class, including the background value 0.
     mpp
@@ -239,20 +263,22 @@ def create_mask(
     sorted_classes = _check_classes(classes)
     if mpp is not None and not (math.isfinite(mpp) and mpp > 0):
         raise ConfigError(f"mpp is {mpp}; expected a positive number of µm per pixel: pass the slide mpp or None")
-    version = check_version(ngff)
+    version = check_version(into.version if into else ngff)
     unit = _write_unit(chunk, shard, version)
-    record = _json_record(attrs)
+    record = _json_record({**attrs, **({"into": into.to_dict()} if into else {})})
     _clear_output(p, overwrite)
-    root = _root_attrs(sorted_classes, mpp, 1, record, False, version)
+    if into is not None:
+        prepare_labels_group(p.parent.parent, version)
+    root = _root_attrs(sorted_classes, mpp, 1, record, False, version, into)
     group = zarr.open_group(p, mode="w-", zarr_format=2 if version == "0.4" else 3, attributes=root)
-    _create_level(group, "0", shape, (chunk, chunk), version, unit)
+    _create_level(group, PREDICTION if into else "0", shape, (chunk, chunk), version, unit)
     grid = (math.ceil(shape[0] / unit), math.ceil(shape[1] / unit))
     _create_level(group, DONE, grid, (1, 1), version, compress=False)
     if probabilities:
         probs_ms = multiscales_attrs(PROBABILITIES, 1, mpp, channel=True, version=version)
         sub = group.create_group(PROBABILITIES, attributes=wrap(version, {"multiscales": probs_ms}, {}))
         _create_level(sub, "0", (len(sorted_classes), *shape), (1, chunk, chunk), version, unit)
-    return MaskWriter(p, group, shape, unit, sorted_classes, mpp, record, version)
+    return MaskWriter(p, group, shape, unit, sorted_classes, mpp, record, version, into)
 
 
 def _write_unit(chunk: int, shard: int | None, version: NgffVersion) -> int:
@@ -277,7 +303,8 @@ def open_mask_writer(path: str | os.PathLike[str]) -> MaskWriter:
         LabelClass(c["label-value"], p.get("class", str(c["label-value"])), tuple(c["rgba"]))
         for c, p in zip(label["colors"], label["properties"], strict=True)
     )
-    level0 = _array(group, "0")
+    into = ParentLevels.from_dict(record["into"]) if "into" in record else None
+    level0 = _array(group, PREDICTION if into else "0")
     if DONE not in group:
         raise OutputFormatError(f"{path} has no '{DONE}' record, so what is done cannot be known; "
                                 "it was written by an older slideseg: run again with --overwrite")
@@ -286,7 +313,7 @@ def open_mask_writer(path: str | os.PathLike[str]) -> MaskWriter:
     mpp = ms["datasets"][0]["coordinateTransformations"][0]["scale"][-1] if unit == "micrometer" else None
     shape = (int(level0.shape[0]), int(level0.shape[1]))
     write_unit = int((getattr(level0, "shards", None) or level0.chunks)[0])
-    return MaskWriter(Path(path), group, shape, write_unit, classes, mpp, record, version or "0.4")
+    return MaskWriter(Path(path), group, shape, write_unit, classes, mpp, record, version or "0.4", into)
 
 
 def open_mask(path: str | os.PathLike[str], mode: str = "r") -> zarr.Group:
@@ -355,12 +382,14 @@ def describe_mask(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 def _root_attrs(
     classes: Sequence[LabelClass], mpp: float | None, n_levels: int, record: dict[str, Any], complete: bool,
-    version: NgffVersion = "0.4",
+    version: NgffVersion = "0.4", into: ParentLevels | None = None,
 ) -> dict[str, Any]:
-    ome = {
-        "multiscales": multiscales_attrs("mask", n_levels, mpp, channel=False, version=version),
-        "image-label": image_label_attrs(classes, version),
-    }
+    ms = (into.multiscales("mask") if into is not None
+          else multiscales_attrs("mask", n_levels, mpp, channel=False, version=version))
+    label = image_label_attrs(classes, version)
+    if into is not None:
+        label["source"] = {"image": "../../"}
+    ome = {"multiscales": ms, "image-label": label}
     return wrap(version, ome, {"slideseg": {**record, "complete": complete}})
 
 

@@ -19,8 +19,8 @@ _HPC = "Batch clusters (--cluster, needs slideseg[hpc])"
 def predict(
     slides: Annotated[list[Path], typer.Argument(
         help="Slide(s) to segment: OME-TIFF, tiled TIFF, OME-Zarr or Zarr.", show_default=False)],
-    output: Annotated[Path, typer.Option(
-        "-o", "--output", help="Output OME-Zarr label image (mask.zarr); a directory for several slides.")],
+    output: Annotated[Path | None, typer.Option(
+        "-o", "--output", help="Output OME-Zarr label image (mask.zarr); a directory for several slides.")] = None,
     model: Annotated[Path | None, typer.Option("--model", "-m", help="Model file (.safetensors).")] = None,
     tile: Annotated[int | None, typer.Option(
         help="Network input tile edge in px (depth-4 valid: 16k+12). Default: one tile per chunk.")] = None,
@@ -31,6 +31,9 @@ def predict(
         help="Output format: 0.4 (Zarr v2; QuPath, napari, OMERO) or 0.5 (Zarr v3, sharded). [default: 0.4]")] = None,
     shard: Annotated[int | None, typer.Option(
         help="NGFF 0.5 shard edge in px, a multiple of --chunk. [default: 4 chunks]")] = None,
+    into: Annotated[Path | None, typer.Option(
+        help="Write the mask as a label of this OME-Zarr image (INTO/labels/NAME) instead of -o.")] = None,
+    name: Annotated[str | None, typer.Option(help="Label name with --into. [default: segmentation]")] = None,
     level: Annotated[int | None, typer.Option(
         help="Pyramid level to read. [default: the level nearest the model's µm/px, resampled to it]")] = None,
     mpp: Annotated[float | None, typer.Option(
@@ -96,18 +99,25 @@ def predict(
         channels=_ints(channels, "--channels"), series=series, device=device, engine=engine, precision=precision,
         compile=compile, probabilities=probabilities, tissue=tissue,
         tissue_mask=str(tissue_mask) if tissue_mask else None, overwrite=overwrite, resume=resume,
+        into=str(into) if into else None, name=name,
         threads=threads))
     cc = ClusterConfig(threads=io_threads, **_given(
         workers=workers, scheduler_file=str(scheduler_file) if scheduler_file else None,
         scheduler_address=scheduler_address, cluster=cluster, jobs=jobs, cores=cores, memory=memory,
         gpus_per_job=gpus_per_job, walltime=walltime, queue=queue, account=account, interface=interface))
     model_path = model if model is not None else _default_model()
-    many = len(slides) > 1 or str(output).endswith("/") or (output.is_dir() and output.suffix != ".zarr")
+    if output is None and into is None:
+        from slideseg.errors import ConfigError
+
+        raise ConfigError("no output given: pass -o mask.zarr (or -o DIR/ for several slides), or --into IMAGE")
+    many = output is not None and (len(slides) > 1 or str(output).endswith("/")
+                                   or (output.is_dir() and output.suffix != ".zarr"))
     with PredictProgress(n_slides=len(slides), console=err, enabled=progress) as observer:
         if not many:
             result = run_predict(slides[0], output, model_path, cfg, cc, observer)
             items = None
         else:
+            assert output is not None
             items = predict_many(slides, output, model_path, cfg, cc, observer)
     if items is None:
         _summary(result)
