@@ -1,22 +1,23 @@
 """Open whole-slide images and read regions of them lazily.
 
 One :class:`Slide` is one resolution level of one image series, read through a Zarr array:
-tifffile's Zarr store for (OME-)TIFF, the array itself for (OME-)Zarr. A region read decodes only
-the tiles it touches and comes back as ``(y, x, c)``, whatever the axis order on disk.
+tifffile's Zarr store for TIFF-based formats (OME-TIFF, SVS, NDPI, tiled TIFF), the array itself
+for (OME-)Zarr, and an in-memory array for small PNG/JPEG images. A region read decodes only the
+tiles it touches and comes back as ``(y, x, c)``, whatever the axis order on disk; alpha is
+dropped and ``channels=`` picks and orders the channels. What the metadata says (format, pixel
+size, objective, series) is parsed by :mod:`slideseg.formats`.
 
->>> with open_slide("slide.ome.tif") as slide:  # doctest: +SKIP
-...     rgb = slide.read(0, 512, 1024, 1536)   # (512, 512, 3)
+>>> with open_slide("slide.svs", channels=(0, 2)) as slide:  # doctest: +SKIP
+...     region = slide.read(0, 512, 1024, 1536)   # (512, 512, 2)
 """
 
 from __future__ import annotations
 
 import inspect
-import math
 import os
 import threading
-import xml.etree.ElementTree as ET
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -25,24 +26,17 @@ import numpy as np
 import tifffile
 import zarr
 
+from slideseg import formats
 from slideseg.errors import ConfigError, SlideReadError
+from slideseg.formats import SeriesInfo, SourceInfo, resolution_to_mpp, unit_to_um
 
-__all__ = ["LevelInfo", "Slide", "SlideHandle", "open_slide", "resolution_to_mpp", "unit_to_um"]
+__all__ = [
+    "LevelInfo", "Slide", "SlideHandle", "SourceInfo", "open_slide", "parse_channels", "resolution_to_mpp",
+    "unit_to_um",
+]  # fmt: skip
 
-TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 CHANNEL_AXES = "CSI"
 """tifffile axis letters read as the channel axis: channel, sample (RGB), image sequence."""
-
-# Length units of OME-XML and OME-NGFF, in micrometres.
-_UM_PER_UNIT = {
-    "µm": 1.0, "μm": 1.0, "um": 1.0, "micron": 1.0, "micrometer": 1.0,
-    "nm": 1e-3, "nanometer": 1e-3,
-    "mm": 1e3, "millimeter": 1e3,
-    "cm": 1e4, "centimeter": 1e4,
-    "m": 1e6, "meter": 1e6,
-}  # fmt: skip
-# TIFF ResolutionUnit -> micrometres per unit (4 and 5 are tifffile's non-standard mm and µm).
-_UM_PER_RESUNIT = {2: 25400.0, 3: 1e4, 4: 1e3, 5: 1.0}
 # What a decoder or a truncated file raises from inside a region read.
 _DECODE_ERRORS = (OSError, ValueError, RuntimeError, KeyError, EOFError)
 
@@ -57,6 +51,8 @@ class LevelInfo:
     """Level-0 width / this level's width (1.0 for level 0)."""
     tile: tuple[int, int] | None
     """Storage tile or chunk (H, W), if known; read in multiples of it."""
+    mpp: float | None = None
+    """Micrometres per pixel of this level (an OME-Zarr dataset's own scale), None if unknown."""
 
 
 @dataclass(frozen=True)
@@ -66,10 +62,12 @@ class SlideHandle:
     path: str
     level: int = 0
     series: int = 0
+    channels: tuple[int, ...] | None = None
+    """Channel selection (after alpha is dropped), as given to :func:`open_slide`."""
 
     def open(self) -> Slide:
         """Open the slide this handle names (see :func:`open_slide`)."""
-        return open_slide(self.path, level=self.level, series=self.series)
+        return open_slide(self.path, level=self.level, series=self.series, channels=self.channels)
 
 
 @dataclass(frozen=True)
@@ -88,12 +86,12 @@ class _AxisMap:
     x: int
     c: int | None
 
-    def selection(self, y0: int, y1: int, x0: int, x1: int) -> tuple[slice | int, ...]:
-        """Index of region ``[y0:y1, x0:x1]`` (all channels) in the stored array."""
+    def selection(self, y0: int, y1: int, x0: int, x1: int, c: slice = slice(None)) -> tuple[slice | int, ...]:
+        """Index of region ``[y0:y1, x0:x1]`` (channels ``c``) in the stored array."""
         sel: list[slice | int] = [0] * self.ndim  # size-1 axes are indexed away
         sel[self.y], sel[self.x] = slice(y0, y1), slice(x0, x1)
         if self.c is not None:
-            sel[self.c] = slice(None)
+            sel[self.c] = c
         return tuple(sel)
 
     def to_yxc(self, region: np.ndarray) -> np.ndarray:
@@ -139,34 +137,27 @@ def parse_axes(axes: str, shape: Sequence[int], path: str | os.PathLike[str]) ->
     return _AxisMap(ndim=len(axes), y=axes.index("Y"), x=axes.index("X"), c=c)
 
 
-def unit_to_um(value: float, unit: str | None) -> float | None:
-    """A length in an OME unit as micrometres, or None if the unit is unknown or the value bad.
+def parse_channels(channels: str | Sequence[int] | None) -> tuple[int, ...] | None:
+    """A channel selection as a tuple: ``"0,2"`` or ``[0, 2]`` -> ``(0, 2)``; None keeps all.
 
-    >>> unit_to_um(250.0, "nm")
-    0.25
-    >>> unit_to_um(0.5, None) is None
-    True
+    Whether the channels exist is checked when the slide is opened.
+
+    >>> parse_channels("2, 0"), parse_channels([1]), parse_channels(None)
+    ((2, 0), (1,), None)
     """
-    factor = _UM_PER_UNIT.get(unit or "")
-    if factor is None or not math.isfinite(value) or value <= 0:
+    if channels is None:
         return None
-    return value * factor
-
-
-def resolution_to_mpp(resolution: float, unit: int) -> float | None:
-    """Micrometres per pixel from TIFF XResolution (pixels per unit) and ResolutionUnit.
-
-    Resolution 1 and unit NONE (1) are what writers store when they know nothing: None.
-
-    >>> resolution_to_mpp(40000.0, 3)  # pixels per centimetre
-    0.25
-    >>> resolution_to_mpp(72.0, 1) is None
-    True
-    """
-    per_unit = _UM_PER_RESUNIT.get(int(unit))
-    if per_unit is None or not math.isfinite(resolution) or resolution <= 0 or resolution == 1:
-        return None
-    return per_unit / resolution
+    try:
+        parts = channels.split(",") if isinstance(channels, str) else list(channels)
+        picked = tuple(int(str(c).strip()) for c in parts)
+    except (TypeError, ValueError):
+        picked = ()
+    if not picked or min(picked) < 0:
+        raise ConfigError(
+            f"channels {channels!r} is not a channel selection; expected channel numbers >= 0 "
+            f"such as '0,2' (first and third channel, in that order)"
+        )
+    return picked
 
 
 class Slide:
@@ -181,28 +172,48 @@ class Slide:
     level: int
     series: int
     shape: tuple[int, int, int]
+    """(H, W, C) of what :meth:`read` returns: alpha dropped, selected channels only."""
     dtype: np.dtype[Any]
     mpp: float | None
+    """Micrometres per pixel at this level; None if the file does not say."""
     levels: tuple[LevelInfo, ...]
     compression: str | None
+    channels: tuple[int, ...] | None
+    """The channel selection given to :func:`open_slide` (None: all channels)."""
+    channel_names: tuple[str | None, ...]
+    """Name of each returned channel, None where the file gives none."""
+    objective_power: float | None
+    source: SourceInfo
 
     def __init__(
-        self, path: Path, format: str, level: int, series: int, array: zarr.Array[Any],
-        axes: _AxisMap, levels: tuple[LevelInfo, ...], mpp: float | None,
-        compression: str | None, closers: Sequence[Callable[[], None]] = (),
+        self, path: Path, level: int, series: int, array: zarr.Array[Any] | np.ndarray,
+        axes: _AxisMap, levels: tuple[LevelInfo, ...], source: SourceInfo,
+        channels: tuple[int, ...] | None = None, closers: Sequence[Callable[[], None]] = (),
     ) -> None:  # fmt: skip
-        self.path, self.format, self.level, self.series = path, format, level, series
-        self._array, self._axes, self._closers = array, axes, list(closers)
-        self.shape = (*axes.yx(array.shape), axes.channels(array.shape))
-        self.dtype = np.dtype(array.dtype)
-        self.levels, self.mpp, self.compression = levels, mpp, compression
+        self._closers = list(closers)
         self._closed = False
         self._lock = threading.Lock()
+        try:
+            stored = axes.channels(array.shape)
+            keep = _keep_channels(stored, source, channels, path)
+        except BaseException:
+            self.close()
+            raise
+        self.path, self.format, self.level, self.series = path, source.format, level, series
+        self._array, self._axes = array, axes
+        self._keep = None if keep == tuple(range(stored)) else keep
+        self.shape = (*axes.yx(array.shape), len(keep))
+        self.dtype = np.dtype(array.dtype)
+        self.levels, self.source, self.channels = levels, source, channels
+        self.mpp, self.compression = levels[level].mpp, source.compression
+        self.objective_power = source.objective_power
+        names = source.channel_names if len(source.channel_names) == stored else (None,) * stored
+        self.channel_names = tuple(names[k] for k in keep)
 
     @property
     def handle(self) -> SlideHandle:
-        """A picklable handle that reopens this slide (same path, level and series)."""
-        return SlideHandle(str(self.path), self.level, self.series)
+        """A picklable handle that reopens this slide (same path, level, series and channels)."""
+        return SlideHandle(str(self.path), self.level, self.series, self.channels)
 
     def read(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
         """Read region ``[y0:y1, x0:x1]`` of this level as a ``(y1 - y0, x1 - x0, C)`` array.
@@ -225,30 +236,40 @@ class Slide:
             )
         if self._closed:
             raise SlideReadError(f"{self.path} is closed; expected an open slide: reopen it with open_slide()")
+        keep = self._keep
+        lo, hi = (0, self.shape[2]) if keep is None else (min(keep), max(keep) + 1)
         try:
-            region = np.asarray(self._array[self._axes.selection(y0, y1, x0, x1)])
+            region = np.asarray(self._array[self._axes.selection(y0, y1, x0, x1, slice(lo, hi))])
         except _DECODE_ERRORS as e:
             raise SlideReadError(
                 f"could not read region y {y0}:{y1}, x {x0}:{x1} of {self.path} level "
                 f"{self.level} ({type(e).__name__}: {e}); the file is probably truncated or "
                 f"corrupt: copy or export it again"
             ) from e
-        return self._axes.to_yxc(region)
+        if isinstance(self._array, np.ndarray):  # an in-memory image: never hand out a view of it
+            region = region.copy()
+        yxc = self._axes.to_yxc(region)  # (y, x, channels lo..hi-1)
+        if keep is None or keep == tuple(range(lo, hi)):
+            return yxc
+        return np.ascontiguousarray(yxc[:, :, [k - lo for k in keep]])
 
     def describe(self) -> dict[str, Any]:
-        """JSON-able summary for ``slideseg info``: format, levels, pixel size, tiles, dtype."""
-        here = self.levels[self.level].downsample
+        """JSON-able summary for ``slideseg info``: format, levels with shapes and mpp, tiles,
+        compression, channels, dtype, objective power and the file's image series."""
         levels = [
             {"level": i, "shape": list(info.shape), "downsample": info.downsample,
-             "tile": None if info.tile is None else list(info.tile),
-             "mpp": None if self.mpp is None else self.mpp * info.downsample / here}
+             "tile": None if info.tile is None else list(info.tile), "mpp": info.mpp}
             for i, info in enumerate(self.levels)
         ]  # fmt: skip
         return {
-            "path": str(self.path), "format": self.format, "series": self.series,
-            "level": self.level, "shape": list(self.shape), "channels": self.shape[2],
-            "dtype": str(self.dtype), "mpp": self.mpp, "tile": levels[self.level]["tile"],
+            "path": str(self.path), "format": self.format, "format_version": self.source.format_version,
+            "series": self.series, "level": self.level, "shape": list(self.shape), "channels": self.shape[2],
+            "channel_names": list(self.channel_names),
+            "channel_selection": None if self.channels is None else list(self.channels),
+            "alpha_dropped": bool(self.source.alpha), "dtype": str(self.dtype), "mpp": self.mpp,
+            "objective_power": self.objective_power, "tile": levels[self.level]["tile"],
             "compression": self.compression, "levels": levels,
+            "all_series": [s.to_dict() for s in self.source.series],
         }  # fmt: skip
 
     def close(self) -> None:
@@ -267,52 +288,85 @@ class Slide:
         self.close()
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (open_slide, (str(self.path), self.level, self.series))
+        return (SlideHandle.open, (self.handle,))
 
     def __repr__(self) -> str:
         h, w, c = self.shape
         return f"<Slide {self.path.name} {self.format} level {self.level}: {h}x{w}x{c} {self.dtype}>"
 
 
-def open_slide(path: str | os.PathLike[str], level: int = 0, series: int = 0) -> Slide:
-    """Open one level of one series of a TIFF, OME-TIFF, Zarr or OME-Zarr slide.
+def _keep_channels(stored: int, source: SourceInfo, channels: tuple[int, ...] | None, path: Path) -> tuple[int, ...]:
+    """Stored channel indices to return, in order: alpha dropped, then ``channels`` picked."""
+    visible = [i for i in range(stored) if i not in source.alpha]
+    if channels is None:
+        return tuple(visible)
+    bad = [c for c in channels if c >= len(visible)]
+    if bad:
+        names = source.channel_names if len(source.channel_names) == stored else (None,) * stored
+        listed = ", ".join(f"{i}" + (f" ({names[k]})" if names[k] else "") for i, k in enumerate(visible))
+        alpha = ", alpha dropped" if source.alpha else ""
+        raise ConfigError(
+            f"channel {bad[0]} is out of range: {path.name} has {len(visible)} channel(s){alpha}: {listed}; "
+            f"pass --channels with numbers between 0 and {len(visible) - 1}"
+        )
+    return tuple(visible[c] for c in channels)
+
+
+def open_slide(
+    path: str | os.PathLike[str], level: int = 0, series: int | None = None, *,
+    channels: str | Sequence[int] | None = None,
+) -> Slide:  # fmt: skip
+    """Open one level of one series of a slide or image, optionally picking channels.
+
+    Reads OME-TIFF, SVS, NDPI, tiled or plain TIFF (recognised by content, whatever the name),
+    OME-Zarr 0.4/0.5 images and plain Zarr arrays (directories), and PNG/JPEG (decoded whole,
+    up to :data:`slideseg.formats.MAX_IN_MEMORY_PIXELS`).
 
     Parameters
     ----------
     path
-        A TIFF file (recognised by its content, whatever its name) or a Zarr directory.
+        A file or a Zarr directory.
     level
         Resolution level: 0 is full resolution.
     series
-        Image series in the file (TIFF), or image in a bioformats2raw Zarr.
+        Image series in the file (TIFF), or image in a bioformats2raw Zarr. None chooses by the
+        rule of :func:`slideseg.formats.choose_series`: never a label, macro or thumbnail; the
+        only image, or else the only pyramidal one; otherwise an error listing the series.
+    channels
+        Channels to return, in this order, counted after alpha is dropped (``(0, 2)`` or
+        ``"0,2"``); None returns all.
 
     Raises
     ------
     SlideReadError
-        Missing file, not an image, corrupt file, or level or series out of range.
+        Missing file, unknown format, corrupt file, level or series out of range, or a
+        multi-series file without an obvious slide and no ``series``.
+    ConfigError
+        A channel that the slide does not have.
     """
+    picked = parse_channels(channels)
     p = Path(path)
     if not p.exists():
-        raise SlideReadError(
-            f"{p} does not exist; expected a TIFF or OME-TIFF file or a Zarr directory: check the path"
-        )
+        raise SlideReadError(f"{p} does not exist; expected a slide ({formats.SUPPORTED_FORMATS}): check the path")
     if p.is_dir():
-        return _open_zarr(p, level, series)
+        return _open_zarr(p, level, series, picked)
     with p.open("rb") as f:
-        magic = f.read(4)
-    if magic not in TIFF_MAGIC:
-        raise SlideReadError(
-            f"{p} is not an image: expected a TIFF file (starting with II* or MM*) or a Zarr "
-            f"directory, found {magic!r} at the start: check the path or convert the slide to "
-            f"OME-TIFF"
-        )
-    return _open_tiff(p, level, series)
+        head = f.read(8)
+    kind = formats.sniff(head)
+    if kind == "tiff":
+        return _open_tiff(p, level, series, picked)
+    if kind in ("png", "jpeg"):
+        return _open_image(p, kind, level, series, picked)
+    raise SlideReadError(
+        f"{p} is not an image of a supported format (found {head[:4]!r} at the start); supported: "
+        f"{formats.SUPPORTED_FORMATS}: check the path or convert the slide to OME-TIFF"
+    )
 
 
-# --- TIFF -----------------------------------------------------------------------------------
+# --- TIFF: OME-TIFF, SVS, NDPI, generic ----------------------------------------------------
 
 
-def _open_tiff(path: Path, level: int, series: int) -> Slide:
+def _open_tiff(path: Path, level: int, series: int | None, channels: tuple[int, ...] | None) -> Slide:
     try:
         tif = tifffile.TiffFile(path)
     except (tifffile.TiffFileError, OSError, ValueError, EOFError) as e:
@@ -321,13 +375,15 @@ def _open_tiff(path: Path, level: int, series: int) -> Slide:
             f"complete TIFF file: copy or export it again"
         ) from e
     try:
-        return _tiff_slide(tif, path, level, series)
+        return _tiff_slide(tif, path, level, series, channels)
     except BaseException:
         tif.close()
         raise
 
 
-def _tiff_slide(tif: tifffile.TiffFile, path: Path, level: int, series: int) -> Slide:
+def _tiff_slide(
+    tif: tifffile.TiffFile, path: Path, level: int, series: int | None, channels: tuple[int, ...] | None
+) -> Slide:
     try:
         all_series = list(tif.series)
     except (tifffile.TiffFileError, OSError, ValueError, EOFError) as e:
@@ -335,25 +391,23 @@ def _tiff_slide(tif: tifffile.TiffFile, path: Path, level: int, series: int) -> 
             f"{path} has a corrupt TIFF structure ({type(e).__name__}: {e}); expected a "
             f"readable TIFF: copy or export it again"
         ) from e
-    found = [f"{s.axes} {'x'.join(map(str, s.shape))}" for s in all_series]
-    _check_index("series", series, found, path)
-    s = all_series[series]
+    listing = formats.tiff_series_listing(tif, all_series)
+    index = formats.choose_series(listing, path) if series is None else series
+    _check_index("series", index, [s.text() for s in listing], path)
+    s = all_series[index]
     levels = list(s.levels)
     sizes = [parse_axes(lv.axes, lv.shape, path).yx(lv.shape) for lv in levels]
-    infos = level_infos(sizes, [_tiff_tile(lv.keyframe) for lv in levels])
+    source = formats.tiff_source(tif, s, index, listing)
+    infos = level_infos(sizes, [formats.tiff_tile(lv.keyframe) for lv in levels], source.mpp)
     _check_index("level", level, [_yx_text(info.shape) for info in infos], path)
-    array, close_store = _tiff_level_zarr(tif, path, series, level)
+    _check_chunk_size(infos[level], path)
+    array, close_store = _tiff_level_zarr(tif, path, index, level)
     # the store's array is squeezed like the series; fall back to unsqueezed axes if not
     axes = next((a for a in (levels[level].axes, levels[level].get_axes(False)) if len(a) == array.ndim), "")
-    mpp0 = _tiff_mpp(tif, series)
-    compression = tifffile.COMPRESSION(s.keyframe.compression)
-    return Slide(
-        path, "ome-tiff" if tif.is_ome else "tiff", level, series, array,
-        parse_axes(axes, array.shape, path), infos,
-        None if mpp0 is None else mpp0 * infos[level].downsample,
-        None if compression == tifffile.COMPRESSION.NONE else compression.name.lower(),
-        closers=[tif.close, close_store],
-    )  # fmt: skip
+    m = parse_axes(axes, array.shape, path)
+    if m.c is None or axes[m.c] != "S":  # ExtraSamples describe samples only
+        source = replace(source, alpha=())
+    return Slide(path, level, index, array, m, infos, source, channels, closers=[tif.close, close_store])
 
 
 @cache
@@ -382,36 +436,54 @@ def _tiff_level_zarr(
     return node, getattr(store, "close", lambda: None)
 
 
-def _tiff_tile(page: Any) -> tuple[int, int] | None:
-    if page.is_tiled:
-        return int(page.tilelength), int(page.tilewidth)
-    rows = int(page.rowsperstrip or 0)
-    return (min(rows, int(page.imagelength)), int(page.imagewidth)) if rows > 0 else None
+def _check_chunk_size(info: LevelInfo, path: Path) -> None:
+    """Refuse levels stored in strips so big that every region read decodes gigabytes."""
+    if info.tile is not None and info.tile[0] * info.tile[1] > formats.MAX_IN_MEMORY_PIXELS:
+        raise SlideReadError(
+            f"{path} stores {_yx_text(info.shape)} px in strips of {_yx_text(info.tile)} px, over the "
+            f"{formats.MAX_IN_MEMORY_PIXELS / 1e6:.0f} MP slideseg decodes at once; expected a tiled TIFF: convert "
+            f"it, e.g. `vips tiffsave {path.name} tiled.tif --tile --pyramid --compression jpeg`"
+        )
 
 
-def _tiff_mpp(tif: tifffile.TiffFile, series: int) -> float | None:
-    """Level-0 pixel size: OME-XML, else TIFF resolution tags (room for SVS/NDPI between)."""
-    mpp = _ome_mpp(tif.ome_metadata, series) if tif.is_ome and tif.ome_metadata else None
-    if mpp is None:
-        page = tif.series[series].keyframe
-        mpp = resolution_to_mpp(float(page.resolution[0]), int(page.resolutionunit))
-    return mpp
+# --- PNG and JPEG ---------------------------------------------------------------------------
 
 
-def _ome_mpp(omexml: str, image: int) -> float | None:
-    """PhysicalSizeX (in µm) of the ``image``-th OME Image, or None if absent or malformed."""
+def _open_image(path: Path, kind: str, level: int, series: int | None, channels: tuple[int, ...] | None) -> Slide:
+    """A small PNG or JPEG, decoded whole into memory (format ``image``)."""
+    with path.open("rb") as f:
+        size = formats.image_size(f, kind)
+    if size is None:
+        raise SlideReadError(f"{path} is a corrupt {kind.upper()} (no image size in its header): export it again")
+    if size[0] * size[1] > formats.MAX_IN_MEMORY_PIXELS:
+        raise SlideReadError(
+            f"{path} is a {_yx_text(size)} px {kind.upper()} ({size[0] * size[1] / 1e6:.0f} MP), over the "
+            f"{formats.MAX_IN_MEMORY_PIXELS / 1e6:.0f} MP slideseg decodes whole: convert it to a tiled TIFF, e.g. "
+            f"`vips tiffsave {path.name} tiled.tif --tile --pyramid --compression jpeg`"
+        )
+    import imagecodecs
+
     try:
-        images = [e for e in ET.fromstring(omexml) if e.tag.rsplit("}", 1)[-1] == "Image"]
-        px = next(e for e in images[image] if e.tag.rsplit("}", 1)[-1] == "Pixels")
-        return unit_to_um(float(px.attrib["PhysicalSizeX"]), px.get("PhysicalSizeXUnit", "µm"))
-    except (ET.ParseError, IndexError, StopIteration, KeyError, ValueError):
-        return None
+        pixels = np.asarray(imagecodecs.imread(path, codec="png" if kind == "png" else "jpeg8"))
+    except Exception as e:  # imagecodecs raises one error class per codec
+        raise SlideReadError(f"{path} is a corrupt {kind.upper()} ({type(e).__name__}: {e}): export it again") from e
+    axes = "YX" if pixels.ndim == 2 else "YXC"
+    m = parse_axes(axes, pixels.shape, path)
+    n = m.channels(pixels.shape)
+    alpha = (n - 1,) if kind == "png" and n in (2, 4) else ()  # grey + alpha, RGB + alpha
+    names = (*formats.RGB_NAMES, "alpha")[:n] if n in (3, 4) else ()
+    listing = (SeriesInfo.make(0, path.stem, pixels.shape, axes, 1),)
+    _check_index("series", 0 if series is None else series, [listing[0].text()], path)
+    infos = level_infos([m.yx(pixels.shape)], [None], None)
+    _check_index("level", level, [_yx_text(infos[0].shape)], path)
+    return Slide(path, level, 0, pixels, m, infos, SourceInfo("image", None, None, names, alpha, kind, listing),
+                 channels)  # fmt: skip
 
 
 # --- Zarr and OME-Zarr ----------------------------------------------------------------------
 
 
-def _open_zarr(path: Path, level: int, series: int) -> Slide:
+def _open_zarr(path: Path, level: int, series: int | None, channels: tuple[int, ...] | None) -> Slide:
     try:
         node = zarr.open(path, mode="r")
     except (OSError, ValueError, KeyError) as e:
@@ -420,19 +492,23 @@ def _open_zarr(path: Path, level: int, series: int) -> Slide:
             f"expected a Zarr array or an OME-Zarr image: check the path"
         ) from e
     if isinstance(node, zarr.Group) and "bioformats2raw.layout" in node.attrs:
-        images = sorted((k for k, _ in node.groups() if k.isdigit()), key=int)
-        _check_index("series", series, images, path)
-        node, series_in_node = node[str(series)], 0
-    else:
-        series_in_node = series
+        images = sorted(((k, g) for k, g in node.groups() if k.isdigit()), key=lambda kg: int(kg[0]))
+        names = formats.bioformats2raw_names(path)
+        listing = tuple(
+            formats.ngff_series_info(i, g.attrs, _first_dataset_shape(g), names[i] if i < len(names) else k)
+            for i, (k, g) in enumerate(images)
+        )
+        index = formats.choose_series(listing, path) if series is None and listing else (series or 0)
+        _check_index("series", index, [s.text() for s in listing], path)
+        return _ome_zarr_slide(path, images[index][1], level, index, channels, listing)
     if isinstance(node, zarr.Array):
-        _check_index("series", series_in_node, ["array"], path)
-        return _zarr_array_slide(path, node, level, series)
-    _check_index("series", series_in_node, ["multiscale image"], path)
-    return _ome_zarr_slide(path, node, level, series)
+        _check_index("series", series or 0, ["array"], path)
+        return _zarr_array_slide(path, node, level, channels)
+    _check_index("series", series or 0, ["multiscale image"], path)
+    return _ome_zarr_slide(path, node, level, 0, channels, None)
 
 
-def _zarr_array_slide(path: Path, array: zarr.Array[Any], level: int, series: int) -> Slide:
+def _zarr_array_slide(path: Path, array: zarr.Array[Any], level: int, channels: tuple[int, ...] | None) -> Slide:
     """A plain 2-D (YX) or 3-D (YXC if the last axis is <= 4 long, else CYX) Zarr array."""
     shape = array.shape
     if len(shape) == 2:
@@ -447,37 +523,47 @@ def _zarr_array_slide(path: Path, array: zarr.Array[Any], level: int, series: in
             f"found shape {shape}: write it as an OME-Zarr image with named axes"
         )
     m = parse_axes(axes, shape, path)
-    infos = level_infos([m.yx(shape)], [m.yx(array.chunks)])
+    infos = level_infos([m.yx(shape)], [m.yx(array.chunks)], None)
     _check_index("level", level, [_yx_text(infos[0].shape)], path)
-    return Slide(path, "zarr", level, series, array, m, infos, None, _codec_name(array))
+    listing = (SeriesInfo.make(0, "", shape, axes, 1),)
+    return Slide(path, level, 0, array, m, infos, SourceInfo("zarr", None, compression=formats.zarr_codec_name(array),
+                                                             series=listing), channels)  # fmt: skip
 
 
-def _ome_zarr_slide(path: Path, group: zarr.Group, level: int, series: int) -> Slide:
+def _ome_zarr_slide(
+    path: Path, group: zarr.Group, level: int, series: int, channels: tuple[int, ...] | None,
+    listing: tuple[SeriesInfo, ...] | None,
+) -> Slide:  # fmt: skip
     """An OME-NGFF 0.4 (attributes at top level) or 0.5 (under ``ome``) multiscale image."""
     attrs: dict[str, Any] = dict(group.attrs)
-    multiscales = attrs.get("multiscales") or dict(attrs.get("ome") or {}).get("multiscales")
+    multiscales, version = formats.ngff_multiscales(attrs)
     if not multiscales:
         raise SlideReadError(
             f"{path} is a Zarr group without OME-NGFF 'multiscales' metadata; expected a Zarr "
             f"array or an OME-Zarr image: pass the path of the image array or group"
         )
     ms = multiscales[0]
-    axes_meta = [a if isinstance(a, Mapping) else {"name": a} for a in ms["axes"]]
-    axes = "".join("C" if a.get("type") == "channel" else str(a["name"]).upper() for a in axes_meta)
+    axes, axes_meta = formats.ngff_axes(ms)
     datasets = ms["datasets"]
     arrays = [_ngff_level(group, d["path"], path) for d in datasets]
     maps = [parse_axes(axes, a.shape, path) for a in arrays]
-    infos = level_infos(
-        [m.yx(a.shape) for a, m in zip(arrays, maps, strict=True)],
-        [m.yx(a.chunks) for a, m in zip(arrays, maps, strict=True)],
-    )
+    sizes = [m.yx(a.shape) for a, m in zip(arrays, maps, strict=True)]
+    tiles = [m.yx(a.chunks) for a, m in zip(arrays, maps, strict=True)]
+    x_unit = axes_meta[maps[0].x].get("unit")
+    mpps = [unit_to_um(formats.ngff_scale(d, m.x) * formats.ngff_scale(ms, m.x), x_unit)
+            for d, m in zip(datasets, maps, strict=True)]  # fmt: skip  # each dataset's own scale
+    infos = tuple(replace(i, mpp=mpp) for i, mpp in zip(level_infos(sizes, tiles), mpps, strict=True))
     _check_index("level", level, [_yx_text(info.shape) for info in infos], path)
-    x_unit = axes_meta[maps[level].x].get("unit")
-    x_scale = _ngff_scale(datasets[level], maps[level].x) * _ngff_scale(ms, maps[level].x)
-    return Slide(
-        path, "ome-zarr", level, series, arrays[level], maps[level], infos,
-        unit_to_um(x_scale, x_unit), _codec_name(arrays[level]),
-    )  # fmt: skip
+    listing = listing or (SeriesInfo.make(0, str(ms.get("name") or ""), arrays[0].shape, axes, len(arrays)),)
+    source = SourceInfo("ome-zarr", mpps[0], None, formats.ngff_channel_names(attrs), (),
+                        formats.zarr_codec_name(arrays[level]), listing, version)  # fmt: skip
+    return Slide(path, level, series, arrays[level], maps[level], infos, source, channels)
+
+
+def _first_dataset_shape(group: zarr.Group) -> tuple[int, ...]:
+    multiscales, _ = formats.ngff_multiscales(dict(group.attrs))
+    first = group.get(multiscales[0]["datasets"][0]["path"]) if multiscales else None
+    return tuple(first.shape) if isinstance(first, zarr.Array) else ()
 
 
 def _ngff_level(group: zarr.Group, key: str, path: Path) -> zarr.Array[Any]:
@@ -490,31 +576,13 @@ def _ngff_level(group: zarr.Group, key: str, path: Path) -> zarr.Array[Any]:
     return node
 
 
-def _ngff_scale(meta: Mapping[str, Any], axis: int) -> float:
-    """The ``scale`` of one axis in an NGFF ``coordinateTransformations`` list (1.0 if none)."""
-    for t in meta.get("coordinateTransformations") or ():
-        if t.get("type") == "scale" and "scale" in t:
-            return float(t["scale"][axis])
-    return 1.0
-
-
-def _codec_name(array: zarr.Array[Any]) -> str | None:
-    codecs = array.compressors
-    if not codecs:
-        return None
-    codec = codecs[0]
-    name = getattr(codec, "codec_id", None) or type(codec).__name__.removesuffix("Codec").lower()
-    cname = getattr(codec, "cname", None)
-    return f"{name}/{getattr(cname, 'value', cname)}" if cname else str(name)
-
-
 # --- small helpers --------------------------------------------------------------------------
 
 
 def _check_index(what: str, index: int, found: Sequence[str], path: Path) -> None:
     """Raise SlideReadError if ``index`` does not pick one of ``found`` (descriptions)."""
     if not 0 <= index < len(found):
-        listed = "; ".join(f"{i}: {text}" for i, text in enumerate(found))
+        listed = "; ".join(text if what == "series" else f"{i}: {text}" for i, text in enumerate(found))
         plural = "levels" if what == "level" else what
         raise SlideReadError(
             f"{what} {index} is out of range: {path.name} has {len(found)} {plural} "
@@ -522,14 +590,21 @@ def _check_index(what: str, index: int, found: Sequence[str], path: Path) -> Non
         )
 
 
-def level_infos(sizes: Sequence[tuple[int, int]], tiles: Sequence[tuple[int, int] | None]) -> tuple[LevelInfo, ...]:
-    """Level records from (H, W) per level, level 0 first; downsample is by width.
+def level_infos(
+    sizes: Sequence[tuple[int, int]], tiles: Sequence[tuple[int, int] | None], mpp0: float | None = None
+) -> tuple[LevelInfo, ...]:
+    """Level records from (H, W) per level, level 0 first; downsample is by width, mpp scales with it.
 
-    >>> [i.downsample for i in level_infos([(100, 200), (50, 100)], [None, None])]
-    [1.0, 2.0]
+    >>> [(i.downsample, i.mpp) for i in level_infos([(100, 200), (50, 100)], [None, None], 0.25)]
+    [(1.0, 0.25), (2.0, 0.5)]
     """
-    return tuple(LevelInfo(yx, sizes[0][1] / yx[1], tile) for yx, tile in zip(sizes, tiles, strict=True))
+    downsamples = [sizes[0][1] / yx[1] for yx in sizes]
+    return tuple(
+        LevelInfo(yx, d, tile, None if mpp0 is None else mpp0 * d)
+        for yx, d, tile in zip(sizes, downsamples, tiles, strict=True)
+    )
 
 
 def _yx_text(yx: tuple[int, int]) -> str:
     return f"{yx[0]}x{yx[1]}"
+

@@ -248,6 +248,8 @@ def _predict_one(client: Any, slide_path: Path, output: Path, key: EngineKey, cf
             f"the model expects {mc.in_channels} input channel(s) but {slide_path} has {source.channels}; "
             f"use a model made with --in-channels {source.channels}, or pick channels with --channels."
         )
+    if cfg.tile is None and info["fixed_tile"]:  # a model file made for one tile size
+        cfg = PredictConfig(**{**cfg.to_dict(), "tile": info["fixed_tile"]})
     plan = plan_for(source.shape, mc.geometry, cfg)
     attrs = {
         "version": __version__, "predict_config": cfg.to_dict(), "model_config": mc.to_dict(),
@@ -267,7 +269,7 @@ def _predict_one(client: Any, slide_path: Path, output: Path, key: EngineKey, cf
         observer.chunk_done(plan.chunk(iy, ix).box.area, True)
     batch = cfg.batch_size or default_batch_size(plan.tile, gpu=resources is not None)
     spec = JobSpec(str(slide_path), source.level, cfg.series, str(output), plan, key, mc.mirror, cfg.probabilities,
-                   batch, source.factor, cfg.channels)
+                   batch, source.factor, cfg.channels, merge_batches=resources is not None)
     in_flight = 2 * sum(client.nthreads().values()) or 4
     feed(client, spec, run, max_in_flight=in_flight, resources=resources,
          on_done=lambda px: observer.chunk_done(px, False))
@@ -380,7 +382,8 @@ def _engine_info(key: EngineKey) -> dict[str, Any]:
     """Runs on a worker: load (or reuse) the engine and say what it is."""
     engine = engine_for(key).engine
     return {"config": engine.config, "weights_sha256": engine.weights_sha256,
-            "metadata": dict(engine.metadata), "describe": engine.describe()}
+            "metadata": dict(engine.metadata), "describe": engine.describe(),
+            "fixed_tile": getattr(engine, "fixed_tile", None)}
 
 
 def _engine_key(model_path: str | os.PathLike[str], cfg: PredictConfig) -> EngineKey:
@@ -389,7 +392,8 @@ def _engine_key(model_path: str | os.PathLike[str], cfg: PredictConfig) -> Engin
     path = Path(model_path)
     if path.suffix == ".safetensors":
         read_model_config(path)  # fail fast, here, on a missing or foreign model file
-    return EngineKey(str(path.resolve()), cfg.engine, cfg.device, cfg.threads, cfg.precision, cfg.compile)
+    return EngineKey(str(path.resolve()), cfg.engine, cfg.device, cfg.threads, cfg.precision, cfg.compile,
+                     cfg.batch_size)
 
 
 def _wants_gpu(cfg: PredictConfig) -> bool:

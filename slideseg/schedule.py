@@ -95,8 +95,9 @@ def to_uint8_probabilities(probs: np.ndarray) -> np.ndarray:
 class Batcher:
     """One inference consumer thread in front of an engine: callers from many threads block in
     :meth:`infer`; the consumer concatenates waiting requests into batches of up to ``max_batch``
-    tiles (each request says its own limit). Per-tile results do not depend on which tiles share a
-    batch (checked for the CPU engine in the tests), so batching never changes the output."""
+    tiles (each request says its own limit; None: never merged). Merged batches change which
+    tiles share a batch from run to run, which can change the last bits of a CPU result, so
+    ``predict`` merges only on GPUs."""
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
@@ -143,9 +144,10 @@ class Batcher:
 
 
 class _Capped:
-    """A :class:`Batcher` seen as an engine whose batches hold at most ``cap`` tiles."""
+    """A :class:`Batcher` seen as an engine whose batches hold at most ``cap`` tiles (None: only
+    the tiles of one call, never merged with others)."""
 
-    def __init__(self, batcher: Batcher, cap: int) -> None:
+    def __init__(self, batcher: Batcher, cap: int | None) -> None:
         self.batcher, self.cap, self.config = batcher, cap, batcher.config
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
@@ -165,6 +167,8 @@ class EngineKey:
     threads: int | None = None
     precision: str = "fp32"
     compile: bool = False
+    max_batch: int | None = None
+    """Largest batch the engine will see (sizes ONNX exports and TensorRT profiles)."""
 
 
 @dataclass(frozen=True)
@@ -183,6 +187,10 @@ class JobSpec:
     factor: float = 1.0
     """Slide-level pixels per output pixel (resampling to the model's pixel size)."""
     channels: tuple[int, ...] | None = None
+    merge_batches: bool = False
+    """Fill batches with tiles of several chunks (on GPUs). Off, every batch holds the same tiles in
+    every run: CPU kernels can give last-bit differences for a tile in batches of different
+    composition, and a resumed run must be bitwise identical to an uninterrupted one."""
 
 
 _LOCK = threading.Lock()
@@ -198,7 +206,7 @@ def engine_for(key: EngineKey) -> Batcher:
             from slideseg.engines import load_engine
 
             engine = load_engine(key.model_path, key.name, device=key.device, threads=key.threads,
-                                 precision=key.precision, compile=key.compile)
+                                 precision=key.precision, compile=key.compile, max_batch=key.max_batch)
             _ENGINES[key] = Batcher(engine)
         return _ENGINES[key]
 
@@ -228,7 +236,8 @@ def run_chunk(spec: JobSpec, iy: int, ix: int) -> int:
     slide, writer = _job_state(spec)
     engine = engine_for(spec.engine)
     chunk = spec.plan.chunk(iy, ix)
-    logits = infer_chunk(slide, _Capped(engine, spec.batch_size), chunk, spec.mirror, spec.batch_size)
+    capped = _Capped(engine, spec.batch_size if spec.merge_batches else None)
+    logits = infer_chunk(slide, capped, chunk, spec.mirror, spec.batch_size)
     ids = logits.argmax(axis=0).astype(np.uint8)
     probs = to_uint8_probabilities(softmax(logits)) if spec.probabilities else None
     writer.write_chunk(iy, ix, ids, probs)

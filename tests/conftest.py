@@ -3,11 +3,28 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
 
 os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _engine_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Engine artefacts go to a temporary folder, and `--engine auto` on the CPU runs the PyTorch
+    engine (the reference the exactness tests compare with) instead of timing engines; the tests of
+    that timing clear the variable themselves."""
+    saved = {k: os.environ.get(k) for k in ("SLIDESEG_ENGINES_DIR", "SLIDESEG_CPU_ENGINE")}
+    os.environ["SLIDESEG_ENGINES_DIR"] = str(tmp_path_factory.mktemp("engines"))
+    os.environ["SLIDESEG_CPU_ENGINE"] = "torch"
+    yield
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
 
 
 class ArraySlide:

@@ -13,9 +13,12 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from slideseg.errors import ConfigError
+from slideseg.errors import ConfigError, ModelFileError
 from slideseg.geometry import Geometry
 from slideseg.model import UNetConfig
+
+PRECISIONS = ("fp32", "fp16", "bf16")
+_DEVICE_FRIENDLY = (np.uint8, np.int8, np.int16, np.int32, np.float16, np.float32)
 
 
 class Engine(ABC):
@@ -27,6 +30,10 @@ class Engine(ABC):
         self.config = config
         self.weights_sha256 = weights_sha256
         self.metadata: Mapping[str, Any] = dict(metadata or {})
+        self.reason: str | None = None
+        """Why this engine runs (set by ``--engine auto``); shown by :meth:`describe`."""
+        self.fixed_tile: int | None = None
+        """The only tile edge this engine accepts (an ONNX file exported for one size), or None."""
 
     @property
     def geometry(self) -> Geometry:
@@ -45,9 +52,16 @@ class Engine(ABC):
         (N, K, t, t) float32 logits, ``t = geometry.output_size(T)``.
         """
 
+    def details(self) -> dict[str, Any]:
+        """Engine-specific facts for :meth:`describe` (device, versions, precision...)."""
+        return {}
+
     def describe(self) -> dict[str, Any]:
-        """What ran, for logs and output metadata."""
-        return {"engine": self.name}
+        """What ran and why, for logs and output metadata."""
+        d = {"engine": self.name, **self.details()}
+        if self.reason:
+            d["reason"] = self.reason
+        return d
 
     def check_batch(self, batch: np.ndarray) -> None:
         """Raise ConfigError unless ``batch`` is (N, C, T, T) with this model's channels and a valid T."""
@@ -55,7 +69,26 @@ class Engine(ABC):
             raise ConfigError(
                 f"expected a batch of shape (N, {self.config.in_channels}, T, T), got {batch.shape}"
             )
+        if batch.dtype.kind not in "uif":
+            raise ConfigError(f"expected a batch of integer or float pixels, got {batch.dtype}")
         self.geometry.output_size(batch.shape[2])
+        if self.fixed_tile is not None and batch.shape[2] != self.fixed_tile:
+            raise ConfigError(f"this {self.name} engine's model takes {self.fixed_tile} px tiles only, got "
+                              f"{batch.shape[2]}; pass --tile {self.fixed_tile} (or export the model for "
+                              f"{batch.shape[2]} px).")
+
+    def check_logits(self, batch: np.ndarray, logits: np.ndarray) -> np.ndarray:
+        """Return ``logits`` if their shape is what the geometry promises, else raise ModelFileError
+        (a bring-your-own model whose sidecar describes another geometry)."""
+        n, _, t, _ = batch.shape
+        want = (n, self.config.classes, self.geometry.output_size(t), self.geometry.output_size(t))
+        if logits.shape != want:
+            raise ModelFileError(
+                f"the model returned logits of shape {logits.shape} for a {tuple(batch.shape)} batch, but its "
+                f"configuration ({self.config.padding} padding, depth {self.config.depth}, "
+                f"{self.config.classes} classes) promises {want}; fix the sidecar JSON."
+            )
+        return logits
 
 
 def normalisation(config: UNetConfig) -> tuple[np.ndarray, np.ndarray]:
@@ -64,3 +97,31 @@ def normalisation(config: UNetConfig) -> tuple[np.ndarray, np.ndarray]:
     mean = np.broadcast_to(np.asarray(config.norm_mean, np.float32), (c,)).reshape(1, c, 1, 1)
     std = np.broadcast_to(np.asarray(config.norm_std, np.float32), (c,)).reshape(1, c, 1, 1)
     return mean.copy(), std.copy()
+
+
+def to_device_dtype(batch: np.ndarray) -> np.ndarray:
+    """``batch`` in a dtype torch copies to a device as is: uint8 stays uint8 (a quarter of the bytes of
+    float32); uint16 becomes int32 (torch's uint16 support is limited); uint32/int64/float64 become float32.
+
+    >>> to_device_dtype(np.zeros(2, np.uint16)).dtype, to_device_dtype(np.zeros(2, np.uint8)).dtype
+    (dtype('int32'), dtype('uint8'))
+    """
+    if batch.dtype.type in _DEVICE_FRIENDLY:
+        return batch
+    return batch.astype(np.int32 if batch.dtype == np.uint16 else np.float32)
+
+
+def check_precision(precision: str) -> str:
+    """Return ``precision`` if it is one of fp32, fp16, bf16, else raise ConfigError."""
+    if precision not in PRECISIONS:
+        raise ConfigError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    return precision
+
+
+def split_batches(batch: np.ndarray, limit: int) -> list[np.ndarray]:
+    """``batch`` cut into consecutive parts of at most ``limit`` tiles.
+
+    >>> [len(p) for p in split_batches(np.zeros((5, 1, 4, 4)), 2)]
+    [2, 2, 1]
+    """
+    return [batch[i : i + limit] for i in range(0, len(batch), max(1, limit))]
