@@ -54,8 +54,8 @@ class PredictConfig:
     """The slide's level-0 pixel size in µm, overriding (or standing in for) its metadata."""
     channels: tuple[int, ...] | None = None
     """Channels of the slide to feed the model, in order (None: all)."""
-    series: int = 0
-    """Image series of a multi-series file."""
+    series: int | None = None
+    """Image series of a multi-series file (None: the main image; ambiguous files ask for one)."""
     device: str = "auto"
     """'auto' (CUDA if available), 'cpu' or 'cuda[:N]'."""
     engine: str = "auto"
@@ -86,7 +86,7 @@ class PredictConfig:
             raise ConfigError(f"--batch-size must be >= 1, got {self.batch_size}")
         if self.chunk < 16:
             raise ConfigError(f"--chunk must be >= 16 px, got {self.chunk}")
-        if (self.level is not None and self.level < 0) or self.series < 0:
+        if (self.level is not None and self.level < 0) or (self.series is not None and self.series < 0):
             raise ConfigError(f"--level and --series must be >= 0, got {self.level} and {self.series}")
         if self.mpp is not None and not self.mpp > 0:
             raise ConfigError(f"--mpp must be > 0 µm, got {self.mpp}")
@@ -255,7 +255,7 @@ def _predict_one(client: Any, slide_path: Path, output: Path, key: EngineKey, cf
         "version": __version__, "predict_config": cfg.to_dict(), "model_config": mc.to_dict(),
         "model_metadata": dict(info["metadata"]), "weights_sha256": info["weights_sha256"],
         "engine": info["describe"], "plan": plan.describe(),
-        "source": {"path": str(slide_path.resolve()), "series": cfg.series, **source.describe()},
+        "source": {"path": str(slide_path.resolve()), **source.describe()},
     }
     writer, tissue = _open_output(output, plan, mc, source, attrs, cfg, slide_path)
     done = writer.done()
@@ -268,7 +268,7 @@ def _predict_one(client: Any, slide_path: Path, output: Path, key: EngineKey, cf
         writer.write_background(iy, ix)
         observer.chunk_done(plan.chunk(iy, ix).box.area, True)
     batch = cfg.batch_size or default_batch_size(plan.tile, gpu=resources is not None)
-    spec = JobSpec(str(slide_path), source.level, cfg.series, str(output), plan, key, mc.mirror, cfg.probabilities,
+    spec = JobSpec(str(slide_path), source.level, source.series, str(output), plan, key, mc.mirror, cfg.probabilities,
                    batch, source.factor, cfg.channels, merge_batches=resources is not None)
     in_flight = 2 * sum(client.nthreads().values()) or 4
     feed(client, spec, run, max_in_flight=in_flight, resources=resources,
@@ -295,10 +295,11 @@ class _Source:
     mpp: float | None
     """Pixel size of the output grid."""
     channels: int
+    series: int
 
     def describe(self) -> dict[str, Any]:
-        return {"level": self.level, "level_shape": list(self.level_shape), "level_mpp": self.level_mpp,
-                "resample_factor": self.factor, "shape": list(self.shape), "mpp": self.mpp,
+        return {"series": self.series, "level": self.level, "level_shape": list(self.level_shape),
+                "level_mpp": self.level_mpp, "resample_factor": self.factor, "shape": list(self.shape), "mpp": self.mpp,
                 "channels": self.channels}
 
 
@@ -308,14 +309,17 @@ def _source(slide_path: Path, cfg: PredictConfig, model_mpp: float | None) -> _S
     from slideseg.resample import choose_level, output_shape
 
     with open_slide(slide_path, level=0, series=cfg.series, **_channels(cfg)) as slide0:
-        base = cfg.mpp or slide0.mpp
-        mpps = [base * lv.downsample if base else None for lv in slide0.levels]
+        series = slide0.series  # the one actually opened (the main image when none was asked for)
+        if cfg.mpp is not None:
+            mpps: list[float | None] = [cfg.mpp * lv.downsample for lv in slide0.levels]
+        else:  # each level's own pixel size where the file states it (OME-Zarr), else scaled
+            mpps = [lv.mpp or (slide0.mpp * lv.downsample if slide0.mpp else None) for lv in slide0.levels]
         shapes = [lv.shape for lv in slide0.levels]
         channels = slide0.shape[2]
     choice = choose_level(mpps, model_mpp, level=cfg.level, name=str(slide_path))
     shape = output_shape(shapes[choice.level], choice.factor)
     return _Source(choice.level, choice.factor, shapes[choice.level], mpps[choice.level], shape, choice.mpp,
-                   channels)
+                   channels, series)
 
 
 def _channels(cfg: PredictConfig) -> dict[str, Any]:
@@ -339,7 +343,7 @@ def _open_output(output: Path, plan: Plan, mc: Any, source: _Source, attrs: dict
     if cfg.tissue_mask:
         tissue = load_tissue_mask(cfg.tissue_mask, plan.shape)
     elif cfg.tissue:
-        tissue = detect_tissue(slide_path, plan.shape, cfg.series, **_channels(cfg))
+        tissue = detect_tissue(slide_path, plan.shape, source.series, **_channels(cfg))
     classes = [LabelClass(k, n, c) for k, (n, c) in enumerate(zip(mc.class_names, mc.class_colors, strict=True))]
     into = None
     if cfg.into is not None:

@@ -17,6 +17,7 @@ from slideseg.cli._app import _friendly_errors, app, out
 def info(
     path: Annotated[Path, typer.Argument(help="A slide, a slideseg mask (.zarr) or a model file.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    series: Annotated[int | None, typer.Option(help="Image series of a multi-series slide.")] = None,
 ) -> None:
     """Describe a slide, a mask written by `predict`, or a model file."""
     from slideseg.errors import SlideReadError
@@ -36,7 +37,7 @@ def info(
     else:
         from slideseg.io import open_slide
 
-        with open_slide(path) as s:
+        with open_slide(path, series=series) as s:
             d = {"kind": "slide", **s.describe()}
     if as_json:
         print(json.dumps(d, indent=2, default=str))
@@ -62,6 +63,10 @@ def _summary(d: dict[str, Any]) -> dict[str, str]:
     shapes = ", ".join("x".join(str(n) for n in lv["shape"]) for lv in levels)
     if d["kind"] == "slide":
         rows["format"] = f"{d.get('format')}, {d.get('compression')} compression, tiles {d.get('tile')}"
+        if d.get("objective_power"):
+            rows["objective"] = f"{d['objective_power']:g}x"
+        if len(d.get("all_series") or []) > 1:
+            rows["series"] = f"{d.get('series')} of {len(d['all_series'])} (choose with --series)"
         rows["pixels"] = f"{d.get('channels')} channel(s) of {d.get('dtype')}"
         rows["mpp"] = f"{d['mpp']:.4g} µm/px" if d.get("mpp") else "unknown"
         rows["levels"] = shapes

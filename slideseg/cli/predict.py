@@ -18,10 +18,13 @@ _HPC = "Batch clusters (--cluster, needs slideseg[hpc])"
 @_friendly_errors
 def predict(
     slides: Annotated[list[Path], typer.Argument(
-        help="Slide(s) to segment: OME-TIFF, tiled TIFF, OME-Zarr or Zarr.", show_default=False)],
+        help="Slide(s): OME-TIFF, SVS, NDPI, tiled TIFF, OME-Zarr (0.4/0.5), Zarr, PNG/JPEG.",
+        show_default=False)],
     output: Annotated[Path | None, typer.Option(
         "-o", "--output", help="Output OME-Zarr label image (mask.zarr); a directory for several slides.")] = None,
-    model: Annotated[Path | None, typer.Option("--model", "-m", help="Model file (.safetensors).")] = None,
+    model: Annotated[Path | None, typer.Option("--model", "-m", help=(
+        "Model: a slideseg .safetensors file, or your own .onnx / .pt2 / TorchScript file with a sidecar "
+        "MODEL.json. [default: the bundled model]"))] = None,
     tile: Annotated[int | None, typer.Option(
         help="Network input tile edge in px (depth-4 valid: 16k+12). Default: one tile per chunk.")] = None,
     batch_size: Annotated[int | None, typer.Option(
