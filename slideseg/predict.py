@@ -70,6 +70,8 @@ class PredictConfig:
     """Run only chunks that hold tissue (detected on a thumbnail); the rest read as background."""
     tissue_mask: str | None = None
     """A low-resolution tissue mask to use instead of detection (non-zero = tissue)."""
+    preview: bool = False
+    """Also write a PNG thumbnail with the mask overlaid, beside the output (``mask.png``)."""
     into: str | None = None
     """Write the mask as a label of this existing OME-Zarr image (``INTO/labels/NAME``)."""
     name: str = "segmentation"
@@ -274,11 +276,14 @@ def _predict_one(client: Any, slide_path: Path, output: Path, key: EngineKey, cf
     feed(client, spec, run, max_in_flight=in_flight, resources=resources,
          on_done=lambda px: observer.chunk_done(px, False))
     writer.finalize()
+    notes = _notes(info["metadata"], mc.mpp, source)
+    if cfg.preview:
+        notes.append(_write_preview(output, slide_path, cfg))
     return PredictResult(output, source.shape, source.mpp, plan.describe(), info["describe"],
                          time.perf_counter() - t0, chunks_run=len(run), chunks_skipped=len(skip),
                          chunks_already_done=int(done.sum()),
                          tissue_fraction=tissue.fraction if tissue is not None else None,
-                         warnings=tuple(_notes(info["metadata"], mc.mpp, source)))
+                         warnings=tuple(notes))
 
 
 @dataclass(frozen=True)
@@ -380,6 +385,24 @@ def _check_resumable(output: Path, attrs: Mapping[str, Any], existing: Mapping[s
     if why:
         raise ConfigError(f"cannot resume {output}: {'; '.join(why)}. Resume with the original settings, "
                           "or pass --overwrite to start again.")
+
+
+def preview_path(output: Path, cfg: PredictConfig) -> Path:
+    """Where ``--preview`` writes: ``mask.png`` beside ``mask.zarr`` (``IMAGE.NAME.png`` with --into)."""
+    if cfg.into is not None:
+        image = Path(cfg.into)
+        return image.parent / f"{_stem(image)}.{cfg.name}.png"
+    return output.parent / f"{_stem(output)}.png"
+
+
+def _write_preview(output: Path, slide_path: Path, cfg: PredictConfig) -> str:
+    from slideseg.preview import write_preview
+
+    png = preview_path(output, cfg)
+    if png.exists() and not cfg.overwrite:
+        return f"preview not written: {png} exists (pass --overwrite to replace it)."
+    write_preview(output, png, slide_path=slide_path, overwrite=True)
+    return f"preview: {png}"
 
 
 def _engine_info(key: EngineKey) -> dict[str, Any]:

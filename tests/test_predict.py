@@ -132,3 +132,13 @@ def test_predict_output_is_valid_ome_ngff_04(tmp_path: Path, model_file: Path) -
     assert [t[0]["scale"] for t in node.metadata["coordinateTransformations"]] == [[0.5, 0.5], [1.0, 1.0]]
     ids = np.asarray(node.data[0])
     np.testing.assert_array_equal(np.asarray(node.data[1]), ids[::2, ::2])
+
+
+def test_preview_beside_the_output(tmp_path: Path, model_file: Path) -> None:
+    slide = write_tiff(tmp_path / "s.ome.tif", random_rgb((200, 300)))
+    r = predict(slide, tmp_path / "mask.zarr", model_file, PredictConfig(device="cpu", preview=True))
+    png = tmp_path / "mask.png"
+    assert png.is_file() and any(str(png) in n for n in r.warnings)
+    before = png.read_bytes()
+    r = predict(slide, tmp_path / "mask.zarr", model_file, PredictConfig(device="cpu", preview=True, resume=True))
+    assert png.read_bytes() == before and any("exists" in n for n in r.warnings)  # never silently replaced

@@ -52,6 +52,8 @@ def predict(
     compile: Annotated[bool | None, typer.Option("--compile", help="torch.compile the network.")] = None,
     probabilities: Annotated[bool | None, typer.Option(
         "--probabilities/--no-probabilities", help="Also write per-class probabilities (uint8).")] = None,
+    preview: Annotated[bool | None, typer.Option(
+        "--preview", help="Also write mask.png beside the output: the slide with the mask overlaid.")] = None,
     tissue: Annotated[bool | None, typer.Option(
         "--tissue/--no-tissue", help="Run only chunks with tissue; the rest read as background. [default: on]")] = None,
     tissue_mask: Annotated[Path | None, typer.Option(
@@ -100,7 +102,7 @@ def predict(
     cfg = PredictConfig(**_given(
         tile=tile, batch_size=batch_size, chunk=chunk, ngff=ngff, shard=shard, level=level, mpp=mpp,
         channels=_ints(channels, "--channels"), series=series, device=device, engine=engine, precision=precision,
-        compile=compile, probabilities=probabilities, tissue=tissue,
+        compile=compile, probabilities=probabilities, preview=preview, tissue=tissue,
         tissue_mask=str(tissue_mask) if tissue_mask else None, overwrite=overwrite, resume=resume,
         into=str(into) if into else None, name=name,
         threads=threads))
