@@ -13,7 +13,7 @@ TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 DEMO ?= demo
 DEMO_SIZE ?= 6000 8000
 
-.PHONY: venv test test-all demo lint typecheck bench clean
+.PHONY: venv test test-all demo default-model lint typecheck bench clean
 
 venv: $(VENV)/.installed
 
@@ -46,11 +46,24 @@ typecheck: venv
 
 demo: venv
 	mkdir -p $(DEMO)
-	$(SLIDESEG) new-model -o $(DEMO)/unet.safetensors --depth 4 --width 16 --overwrite
 	$(SLIDESEG) synth $(DEMO)/demo.ome.tif --size $(DEMO_SIZE) --overwrite
-	$(SLIDESEG) predict $(DEMO)/demo.ome.tif -o $(DEMO)/demo-mask.zarr --model $(DEMO)/unet.safetensors \
-		--probabilities --overwrite
+	$(SLIDESEG) predict $(DEMO)/demo.ome.tif -o $(DEMO)/demo-mask.zarr --probabilities --overwrite
 	$(SLIDESEG) info $(DEMO)/demo-mask.zarr
+	$(SLIDESEG) evaluate $(DEMO)/demo-mask.zarr $(DEMO)/demo.truth.zarr
+
+# The bundled model (slideseg/data/default.safetensors), trained by slideseg itself on synthetic
+# slides; the recipe is in slideseg/data/README.md. Seeds fix the data, the weights and every tile.
+DEFAULT_MODEL_WORK ?= build/default-model
+default-model: venv
+	$(SLIDESEG) synth $(DEFAULT_MODEL_WORK)/train/train.ome.tif --size 2048 2048 --seed 101 --overwrite --no-progress
+	$(SLIDESEG) synth $(DEFAULT_MODEL_WORK)/val/val.ome.tif --size 1024 1024 --seed 202 --overwrite --no-progress
+	$(SLIDESEG) train -o $(DEFAULT_MODEL_WORK)/default.safetensors --overwrite --no-progress \
+		--images $(DEFAULT_MODEL_WORK)/train --masks $(DEFAULT_MODEL_WORK)/train \
+		--val-images $(DEFAULT_MODEL_WORK)/val --val-masks $(DEFAULT_MODEL_WORK)/val \
+		--depth 3 --width 8 --class-names background,nucleus --tile 252 \
+		--optimizer adam --lr 0.003 --steps 2000 --tiles-per-epoch 100 --seed 0 --threads 1
+	install -m 644 $(DEFAULT_MODEL_WORK)/default.safetensors slideseg/data/default.safetensors
+	$(SLIDESEG) info slideseg/data/default.safetensors
 
 bench: venv
 	$(PY) benchmarks/bench_predict.py

@@ -1,0 +1,256 @@
+"""Training data: pairing, manifests, mask checks, targets, tiles mirrored as predict mirrors them."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import imagecodecs
+import numpy as np
+import pytest
+import tifffile
+
+from slideseg.augment import NONE, AugmentConfig, TileSampler
+from slideseg.data import (
+    BackgroundLoader,
+    Item,
+    Pair,
+    TargetSpec,
+    TileGeometry,
+    TrainingDataError,
+    check_mask_values,
+    estimate_statistics,
+    load_cache,
+    load_training_data,
+    make_target,
+    open_item,
+    pair_directories,
+    read_manifest,
+)
+from slideseg.errors import ConfigError
+from slideseg.evaluate import validation_tiles
+from slideseg.model import UNetConfig
+from tests.conftest import ArraySlide, random_rgb
+
+
+def touch(folder: Path, *names: str) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for n in names:
+        (folder / n).write_bytes(b"")
+
+
+def test_pairs_are_matched_by_name(tmp_path: Path) -> None:
+    touch(tmp_path / "img", "a.tif", "b.ome.tif", "c.png", "notes.txt")
+    touch(tmp_path / "msk", "a.png", "b_mask.tif", "c.labels.tif")
+    pairs = pair_directories(tmp_path / "img", tmp_path / "msk")
+    assert [(p.image.name, p.mask.name) for p in pairs] == [
+        ("a.tif", "a.png"), ("b.ome.tif", "b_mask.tif"), ("c.png", "c.labels.tif")]
+
+
+def test_one_directory_holds_images_and_marked_masks(tmp_path: Path) -> None:
+    touch(tmp_path, "s1.ome.tif", "s2.ome.tif")
+    (tmp_path / "s1.truth.zarr").mkdir()
+    (tmp_path / "s2.truth.zarr").mkdir()
+    pairs = pair_directories(tmp_path, tmp_path)
+    assert [(p.image.name, p.mask.name, p.name) for p in pairs] == [
+        ("s1.ome.tif", "s1.truth.zarr", "s1"), ("s2.ome.tif", "s2.truth.zarr", "s2")]
+
+
+@pytest.mark.parametrize(("images", "masks", "match"), [
+    ((), ("a.png",), "no images in"),  # empty image directory
+    (("a.tif", "b.tif"), ("a.png",), r"1 image\(s\) .* have no mask .*b.tif"),
+    (("a.tif",), ("a.png", "a_mask.png"), "two masks match"),
+])
+def test_pairing_errors(tmp_path: Path, images: tuple[str, ...], masks: tuple[str, ...], match: str) -> None:
+    touch(tmp_path / "img", *images)
+    touch(tmp_path / "msk", *masks)
+    with pytest.raises(TrainingDataError, match=match):
+        pair_directories(tmp_path / "img", tmp_path / "msk")
+
+
+def test_missing_directory(tmp_path: Path) -> None:
+    with pytest.raises(TrainingDataError, match="does not exist"):
+        pair_directories(tmp_path / "nope", tmp_path)
+
+
+def test_manifest_with_splits(tmp_path: Path) -> None:
+    touch(tmp_path / "d", "a.tif", "a.png", "b.tif", "b.png")
+    (tmp_path / "m.csv").write_text("image,mask,split\nd/a.tif,d/a.png,train\nd/b.tif,d/b.png,val\n")
+    train, val = read_manifest(tmp_path / "m.csv")
+    assert train == [Pair(tmp_path / "d/a.tif", tmp_path / "d/a.png")]
+    assert val == [Pair(tmp_path / "d/b.tif", tmp_path / "d/b.png")]
+    (tmp_path / "bad.csv").write_text("img,msk\nx,y\n")
+    with pytest.raises(TrainingDataError, match="expected 'image' and 'mask'"):
+        read_manifest(tmp_path / "bad.csv")
+    (tmp_path / "gone.csv").write_text("image,mask\nd/zz.tif,d/a.png\n")
+    with pytest.raises(TrainingDataError, match=r"line 2: .*zz.tif does not exist"):
+        read_manifest(tmp_path / "gone.csv")
+
+
+def write_pair(folder: Path, name: str, image: np.ndarray, mask: np.ndarray, png: bool = False) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    if png:
+        (folder / f"{name}.png").write_bytes(imagecodecs.png_encode(image))
+        (folder / f"{name}_mask.png").write_bytes(imagecodecs.png_encode(mask))
+    else:
+        tifffile.imwrite(folder / f"{name}.tif", image)
+        tifffile.imwrite(folder / f"{name}_mask.tif", mask)
+
+
+def test_png_and_tiff_pairs_load(tmp_path: Path) -> None:
+    mask = np.zeros((40, 50), np.uint16)
+    mask[5:15, 5:20] = 3
+    write_pair(tmp_path, "a", random_rgb((40, 50)), mask.astype(np.uint8), png=True)
+    write_pair(tmp_path, "b", random_rgb((40, 50), seed=1), mask)
+    data = load_training_data(images=tmp_path, masks=tmp_path, val_fraction=0.5, seed=0)
+    assert len(data.train) == 1 and len(data.val) == 1 and data.channels == 3
+    for it in (*data.train, *data.val):
+        assert it.shape == (40, 50)
+        assert it.mask.read(0, 40, 0, 50).max() == 3
+    data.close()
+
+
+def test_size_mismatch_is_a_clear_error(tmp_path: Path) -> None:
+    write_pair(tmp_path, "a", random_rgb((40, 50)), np.zeros((40, 51), np.uint8))
+    with pytest.raises(TrainingDataError, match=r"a.tif is 40 x 50 px but its mask a_mask.tif is 40 x 51"):
+        open_item(Pair(tmp_path / "a.tif", tmp_path / "a_mask.tif"), "instances")
+
+
+def test_rgb_mask_is_rejected(tmp_path: Path) -> None:
+    write_pair(tmp_path, "a", random_rgb((10, 10)), random_rgb((10, 10), seed=2), png=True)
+    with pytest.raises(TrainingDataError, match="single-channel"):
+        load_training_data(images=tmp_path, masks=tmp_path)
+
+
+@pytest.mark.parametrize(("mask", "kind", "match"), [
+    (np.array([[0, 255]], np.uint8), "classes", r"class id 255 .* 0/255\? divide it by 255"),
+    (np.array([[0, 3]], np.uint8), "classes", "expected ids 0..1 for a 2-class model"),
+    (np.array([[0, -1]], np.int16), "instances", "negative"),
+    (np.array([[0, 0.5]], np.float32), "instances", "non-integer"),
+])
+def test_unexpected_mask_values(mask: np.ndarray, kind: str, match: str) -> None:
+    with pytest.raises(TrainingDataError, match=match):
+        check_mask_values(mask, kind, 2, "m.tif")  # type: ignore[arg-type]
+
+
+def test_data_option_errors(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="--images DIR --masks DIR, or as --manifest"):
+        load_training_data()
+    with pytest.raises(ConfigError, match="go together"):
+        load_training_data(images=tmp_path, masks=tmp_path, val_images=tmp_path)
+
+
+def test_instance_targets_get_separation_borders_and_weights() -> None:
+    inst = np.zeros((12, 16), np.int32)
+    inst[2:10, 2:8] = 1
+    inst[2:10, 8:14] = 2  # touching along x = 7 | 8
+    target, weight, truth = make_target(inst, TargetSpec("instances", 2, class_weights=(1.0, 1.0)))
+    assert (truth == (inst > 0)).all()
+    assert (target[2:10, 7:9] == 0).all() and target[5, 4] == 1 and target[5, 10] == 1
+    assert weight[5, 7] == pytest.approx(1 + 10 * np.exp(-9 / 50), abs=1e-4)  # in the new 2-px gap: d1 1, d2 2
+    _, plain, _ = make_target(inst, TargetSpec("instances", 2, weighted=False))
+    assert (plain == 1).all()
+
+
+def test_class_targets_use_components_as_objects() -> None:
+    cls = np.zeros((9, 15), np.uint8)
+    cls[2:7, 1:6] = 1
+    cls[2:7, 9:14] = 2
+    target, weight, truth = make_target(cls, TargetSpec("classes", 3, class_weights=(1.0, 1.0, 1.0)))
+    assert (target == cls).all() and (truth == cls).all()
+    assert weight[4, 7] == pytest.approx(1 + 10 * np.exp(-16 / 50), abs=1e-4)  # gap of 4 px centre to centre
+
+
+def array_item(image: np.ndarray, mask: np.ndarray, name: str = "a") -> Item:
+    from slideseg.data import ArrayImage, Mask
+
+    return Item(name, ArrayImage(image), Mask(mask, name))
+
+
+def test_fixed_tiles_are_mirror_padded_exactly_as_predict() -> None:
+    """The network input of a tile at the image corner equals predict's: np.pad(..., 'reflect')."""
+    cfg = UNetConfig(depth=2, width=4)
+    g = cfg.geometry
+    tile = 92
+    out = g.usable_output(tile)  # 52
+    image = random_rgb((70, 61))
+    item = array_item(image, np.zeros((70, 61), np.uint8))
+    sampler = TileSampler([item], TileGeometry(tile, out, g.alignment), TargetSpec("instances", 2), NONE,
+                          (10.0, 20.0, 30.0), (2.0, 4.0, 8.0), "reflect", seed=0)
+    for cached in (False, True):
+        if cached:
+            load_cache(item, sampler.spec)
+        for oy, ox in ((0, 0), (20, 56)):
+            s = sampler.fixed(item, oy, ox)
+            c = g.context
+            padded = np.pad(image, ((c + 100, 100 + c), (c + 100, 100 + c), (0, 0)), mode="reflect")
+            ref = padded[oy + 100: oy + 100 + tile, ox + 100: ox + 100 + tile].astype(np.float32)
+            ref = (ref - np.array([10, 20, 30], np.float32)) / np.array([2, 4, 8], np.float32)
+            np.testing.assert_allclose(s.image.transpose(1, 2, 0), ref, rtol=1e-6)
+            inside = np.zeros((out, out), bool)
+            inside[: 70 - oy, : 61 - ox] = True
+            assert ((s.weight > 0) == inside).all()  # no loss beyond the image
+
+
+def test_training_tiles_are_seeded_by_index() -> None:
+    image = random_rgb((100, 120))
+    mask = np.zeros((100, 120), np.uint8)
+    mask[30:60, 40:80] = 1
+    item = array_item(image, mask)
+    spec = TargetSpec("instances", 2, class_weights=(1.0, 2.0))
+    aug = AugmentConfig(stain_jitter=0.05)
+    g = TileGeometry(92, 52, 4, aug.margin)
+    sampler = TileSampler([item], g, spec, aug, (128.0,), (64.0,), "reflect", seed=3, class_balanced=True)
+    a, b, c = sampler(7), sampler(7), sampler(8)
+    assert a.image.shape == (3, 92, 92) and a.target.shape == (52, 52) and a.weight.shape == (52, 52)
+    np.testing.assert_array_equal(a.image, b.image)
+    np.testing.assert_array_equal(a.weight, b.weight)
+    assert not np.array_equal(a.image, c.image)
+
+
+def test_covering_tiles_own_every_pixel_once() -> None:
+    item = array_item(np.zeros((70, 101, 1), np.uint8), np.zeros((70, 101), np.uint8))
+    count = np.zeros((70, 101), int)
+    for _, oy, ox, sy, sx in validation_tiles([item], TileGeometry(76, 36, 8), 100, seed=0):
+        assert oy % 8 == 0 and ox % 8 == 0 and sy <= 36 and sx <= 36
+        count[oy: oy + sy, ox: ox + sx] += 1
+    assert (count == 1).all()
+
+
+def test_statistics_of_uint16_fluorescence() -> None:
+    r = np.random.default_rng(0)
+    image = r.normal(1000, 50, (64, 64)).astype(np.uint16)
+    image[:16] += 20000
+    mask = np.zeros((64, 64), np.uint16)
+    mask[:16] = 5
+    stats = estimate_statistics([array_item(image[..., None], mask)], "instances", seed=0)
+    assert stats.mean[0] == pytest.approx(float(image.mean()), rel=1e-6)
+    assert stats.std[0] == pytest.approx(float(image.std()), rel=1e-6)
+    assert stats.class_counts == (48 * 64, 16 * 64)
+
+
+def test_statistics_sample_large_images() -> None:
+    big = ArraySlide(np.full((3000, 1500, 3), 7, np.uint8))
+    item = Item("big", big, ArraySlide(np.zeros((3000, 1500), np.uint8)))
+    stats = estimate_statistics([item], "classes", seed=0, windows=2, size=64)
+    assert stats.mean == (7.0, 7.0, 7.0) and stats.std == (1.0, 1.0, 1.0)  # constant: left unscaled
+    assert stats.class_counts == (2 * 64 * 64,)
+    assert len(big.reads) == 2
+
+
+def test_background_loader_keeps_order_and_raises() -> None:
+    seen = set()
+    lock = threading.Lock()
+
+    def fn(i: int) -> int:
+        with lock:
+            seen.add(threading.current_thread().name)
+        if i == 7:
+            raise TrainingDataError("bad tile 7")
+        return i * i
+
+    with BackgroundLoader(fn, 2, 7, workers=3) as loader:
+        assert list(loader) == [4, 9, 16, 25, 36]
+    with BackgroundLoader(fn, 5, 10, workers=2) as loader, pytest.raises(TrainingDataError, match="bad tile 7"):
+        list(loader)
+    assert all(name.startswith("slideseg-data") for name in seen)
