@@ -56,7 +56,8 @@ def test_killed_run_resumes_to_identical_output(tmp_path: Path, slide_and_model:
     deadline = time.monotonic() + 120
     total = 10 * 18
     while time.monotonic() < deadline and proc.poll() is None:
-        n = sum(1 for f in done_dir.rglob("*") if f.is_file() and not f.name.startswith(".")) if done_dir.exists() else 0
+        files = done_dir.rglob("*") if done_dir.exists() else iter(())
+        n = sum(1 for f in files if f.is_file() and not f.name.startswith("."))
         if n >= total // 3:
             break
         time.sleep(0.05)
@@ -89,7 +90,7 @@ def test_resume_refuses_a_different_model_or_config(tmp_path: Path, slide_and_mo
     other = tmp_path / "other.safetensors"
     cfg = UNetConfig(depth=3, width=8, classes=3)
     save_model(other, build_unet(cfg, seed=99), cfg)
-    with pytest.raises(ConfigError, match="cannot resume .* the model weights differ"):
+    with pytest.raises(ConfigError, match=r"cannot resume .* the model weights differ"):
         predict(slide, out, other, PredictConfig(chunk=256, device="cpu", resume=True))
     with pytest.raises(ConfigError, match="chunk was 256, now 128"):
         predict(slide, out, model, PredictConfig(chunk=128, device="cpu", resume=True))

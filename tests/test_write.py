@@ -385,5 +385,5 @@ def test_ngff_05_sharded_round_trip_and_validation(tmp_path: Path) -> None:
 def test_shard_must_hold_whole_chunks(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="multiple of the chunk"):
         create_mask(tmp_path / "m.zarr", (100, 100), 64, CLASSES, None, ATTRS, ngff="0.5", shard=100)
-    with pytest.raises(ConfigError, match="--shard applies to --ngff 0.5"):
+    with pytest.raises(ConfigError, match=r"--shard applies to --ngff 0\.5"):
         create_mask(tmp_path / "m.zarr", (100, 100), 64, CLASSES, None, ATTRS, shard=128)
