@@ -19,9 +19,8 @@ import sys
 import time
 from pathlib import Path
 
-from slideseg.model import UNetConfig, build_unet, save_model
-
 sys.path.insert(0, str(Path(__file__).parent))
+from common import untrained_model
 from sparse_slide import write_sparse_slide
 
 PEAK = """
@@ -39,9 +38,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("benchmarks/out/memory"))
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    model = args.out / "unet-w16.safetensors"
-    mc = UNetConfig(depth=4, width=16)
-    save_model(model, build_unet(mc, seed=0), mc, {"trained": False})
+    model = untrained_model(args.out / "unet-w16.safetensors")
     rows = []
     for size in args.sizes:
         slide = args.out / f"sparse-{size}.zarr"

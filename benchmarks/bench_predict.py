@@ -14,38 +14,31 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from slideseg.engines import make_engine
 from slideseg.io import open_slide
-from slideseg.model import UNetConfig, build_unet, load_model, save_model
+from slideseg.model import load_model
 from slideseg.predict import PredictConfig, default_batch_size, plan_for, predict
-from slideseg.schedule import read_window
 from slideseg.synth import SynthConfig, write_synthetic_slide
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import tile_batches, time_engine, untrained_model
 
 
 def engine_only_seconds(slide_path: Path, model_path: Path, cfg: PredictConfig) -> tuple[float, int]:
     """Time the engine alone on the tiles `predict` would run (tiles read into memory first)."""
     model = load_model(model_path)
     engine = make_engine(cfg.engine, model, device=cfg.device, threads=cfg.threads)
-    with open_slide(slide_path, level=cfg.level) as slide:
+    with open_slide(slide_path) as slide:
         plan = plan_for(slide.shape[:2], model.config.geometry, cfg)
-        batches = []
-        for chunk in plan:
-            window = read_window(slide, chunk.window, model.config.mirror)
-            tiles = [window[t.read.relative_to(chunk.window)] for t in chunk.tiles]
-            n = cfg.batch_size or default_batch_size(plan.tile, gpu=False)
-            for i in range(0, len(tiles), n):
-                batches.append(np.stack(tiles[i : i + n]).transpose(0, 3, 1, 2))
-    engine.infer(batches[0])  # warm-up
-    t0 = time.perf_counter()
-    for b in batches:
-        engine.infer(b)
-    return time.perf_counter() - t0, sum(len(b) for b in batches)
+    batch = cfg.batch_size or default_batch_size(plan.tile, gpu=False)
+    batches = tile_batches(slide_path, plan, model.config.mirror, batch)
+    return time_engine(engine, batches), sum(len(b) for b in batches)
 
 
 def main() -> None:
@@ -61,8 +54,7 @@ def main() -> None:
     if not slide.exists():
         write_synthetic_slide(slide, SynthConfig(size=(args.size, args.size), seed=0))
     model_path = args.out / f"unet-w{args.width}.safetensors"
-    mc = UNetConfig(depth=4, width=args.width)
-    save_model(model_path, build_unet(mc, seed=0), mc, {"trained": False})
+    untrained_model(model_path, args.width)
     cfg = PredictConfig(chunk=args.chunk, device="cpu", overwrite=True)
 
     runs = []

@@ -15,58 +15,43 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 from slideseg.engines import load_engine
-from slideseg.io import open_slide
-from slideseg.model import UNetConfig, build_unet, save_model
+from slideseg.plan import make_plan
 from slideseg.predict import PredictConfig, default_batch_size, predict
-from slideseg.schedule import read_window
 from slideseg.synth import SynthConfig, write_synthetic_slide
 from slideseg.tissue import TissueMask
 from slideseg.write import open_mask
 
+sys.path.insert(0, str(Path(__file__).parent))
+from common import tile_batches, time_engine, untrained_model
+
 
 def engine_only(slide_path: Path, mask: Path, model: Path) -> float:
     """Engine time for the tiles of the chunks that `predict` ran (read into memory first)."""
-    from slideseg.plan import make_plan
-
     g = open_mask(mask)
-    rec = dict(g.attrs)["slideseg"]
-    p = rec["plan"]
+    p = dict(g.attrs)["slideseg"]["plan"]
     plan = make_plan(tuple(p["shape"]), tile=p["tile"], context=p["context"], alignment=p["alignment"],
                      chunk=p["chunk"], tile_output=p["tile_output"])
     tissue = TissueMask.from_zarr(g["tissue"]) if "tissue" in g else None
-    engine = load_engine(model, device="cpu")
-    n = default_batch_size(plan.tile, gpu=False)
-    batches = []
-    with open_slide(slide_path) as slide:
-        for chunk in plan:
-            if tissue is not None and not tissue.covers(chunk.box):
-                continue
-            window = read_window(slide, chunk.window, "reflect")
-            tiles = [window[t.read.relative_to(chunk.window)] for t in chunk.tiles]
-            batches += [np.stack(tiles[i : i + n]).transpose(0, 3, 1, 2) for i in range(0, len(tiles), n)]
-    engine.infer(batches[0])
-    t0 = time.perf_counter()
-    for b in batches:
-        engine.infer(b)
-    return time.perf_counter() - t0
+    batches = tile_batches(slide_path, plan, "reflect", default_batch_size(plan.tile, gpu=False),
+                           keep=lambda c: tissue is None or tissue.covers(c.box))
+    return time_engine(load_engine(model, device="cpu"), batches)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", type=int, default=4096)
     ap.add_argument("--fractions", type=float, nargs="+", default=[0.2, 0.5, 1.0])
+    ap.add_argument("--chunk", type=int, default=512, help="output chunk edge (finer: skipping follows tissue closer)")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/out/tissue"))
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     model = args.out / "unet-w16.safetensors"
-    mc = UNetConfig(depth=4, width=16)
-    save_model(model, build_unet(mc, seed=0), mc, {"trained": False})
+    untrained_model(model)
     rows = []
     for f in args.fractions:
         slide = args.out / f"tissue-{f:.2f}.ome.tif"
@@ -74,7 +59,7 @@ def main() -> None:
             write_synthetic_slide(slide, SynthConfig(size=(args.size, args.size), tissue_fraction=f, seed=1))
         mask = args.out / f"mask-{f:.2f}.zarr"
         t0 = time.perf_counter()
-        r = predict(slide, mask, model, PredictConfig(device="cpu", overwrite=True))
+        r = predict(slide, mask, model, PredictConfig(device="cpu", chunk=args.chunk, overwrite=True))
         wall = time.perf_counter() - t0
         eng = engine_only(slide, mask, model)
         total = r.chunks_run + r.chunks_skipped
@@ -84,7 +69,7 @@ def main() -> None:
     full = rows[-1]["wall_s"]
     for row in rows:
         row["wall_vs_full"] = round(row["wall_s"] / full, 3)
-    print(json.dumps({"bench": "tissue", "size": args.size, "rows": rows,
+    print(json.dumps({"bench": "tissue", "size": args.size, "chunk": args.chunk, "rows": rows,
                       "machine": f"{platform.machine()} {platform.node()}", "date": time.strftime("%Y-%m-%d")}))
 
 
