@@ -20,7 +20,7 @@ from scipy import ndimage
 from slideseg.errors import ConfigError
 from slideseg.plan import Box
 
-THUMBNAIL_SIDE = 2048
+THUMBNAIL_SIDE = 1024
 """Longest side of the thumbnail that tissue is detected on."""
 SATURATION_LIMITS = (0.04, 0.15)
 """Otsu's saturation threshold is kept inside these bounds: below, glass noise would count as
@@ -84,15 +84,15 @@ def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
 
 def classify(image: np.ndarray) -> tuple[np.ndarray, str, float]:
     """Boolean tissue mask of a thumbnail ``image`` (h, w, C), the method used and its threshold."""
-    img = image.astype(np.float32)
     if image.shape[2] in (3, 4):
-        rgb = img[..., :3]
-        hi, lo = rgb.max(axis=2), rgb.min(axis=2)
+        rgb = image[..., :3]
+        hi = rgb.max(axis=2).astype(np.float32)  # reduce in the input dtype: 4x less memory traffic
+        lo = rgb.min(axis=2).astype(np.float32)
         feature = np.where(hi > 0, (hi - lo) / np.maximum(hi, 1e-6), 0.0)
         t = float(np.clip(otsu_threshold(feature), *SATURATION_LIMITS))
         method = "otsu-saturation"
     else:
-        feature = img.mean(axis=2)
+        feature = image.astype(np.float32).mean(axis=2)
         t = otsu_threshold(feature)
         method = "otsu-intensity"
     return clean(feature > t), method, t
