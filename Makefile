@@ -51,8 +51,8 @@ demo: venv
 	$(SLIDESEG) info $(DEMO)/demo-mask.zarr
 	$(SLIDESEG) evaluate $(DEMO)/demo-mask.zarr $(DEMO)/demo.truth.zarr
 
-# The bundled model (slideseg/data/default.safetensors), trained by slideseg itself on synthetic
-# slides; the recipe is in slideseg/data/README.md. Seeds fix the data, the weights and every tile.
+# The bundled model (slideseg/weights/default.safetensors), trained by slideseg itself on synthetic
+# slides; the recipe is in slideseg/weights/README.md. Seeds fix the data, the weights and every tile.
 DEFAULT_MODEL_WORK ?= build/default-model
 default-model: venv
 	$(SLIDESEG) synth $(DEFAULT_MODEL_WORK)/train/train.ome.tif --size 2048 2048 --seed 101 --overwrite --no-progress
@@ -62,8 +62,8 @@ default-model: venv
 		--val-images $(DEFAULT_MODEL_WORK)/val --val-masks $(DEFAULT_MODEL_WORK)/val \
 		--depth 3 --width 8 --class-names background,nucleus --tile 252 \
 		--optimizer adam --lr 0.003 --steps 2000 --tiles-per-epoch 100 --seed 0 --threads 1
-	install -m 644 $(DEFAULT_MODEL_WORK)/default.safetensors slideseg/data/default.safetensors
-	$(SLIDESEG) info slideseg/data/default.safetensors
+	install -m 644 $(DEFAULT_MODEL_WORK)/default.safetensors slideseg/weights/default.safetensors
+	$(SLIDESEG) info slideseg/weights/default.safetensors
 
 bench: venv
 	$(PY) benchmarks/bench_predict.py

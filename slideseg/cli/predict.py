@@ -176,7 +176,7 @@ def _summary(result: object) -> None:
 def _default_model() -> Path:
     from slideseg.errors import ModelFileError
 
-    bundled = Path(__file__).resolve().parent.parent / "data" / "default.safetensors"
+    bundled = Path(__file__).resolve().parent.parent / "weights" / "default.safetensors"
     if bundled.is_file():
         return bundled
     raise ModelFileError("no --model given and no default model is bundled; create one with "
