@@ -1,4 +1,4 @@
-"""Training data: image/mask pairs, manifests, targets and weight maps, random tiles, a background loader.
+"""Training data: image/mask pairs, manifests, targets and weight maps, random tiles.
 
 Sources (see :func:`load_training_data`):
 
@@ -19,18 +19,15 @@ in any order and a resumed run sees the same tiles as an uninterrupted one.
 from __future__ import annotations
 
 import csv
-import threading
-from collections import deque
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
-from slideseg.errors import ConfigError, SlideReadError, SlideSegError
+from slideseg.errors import ConfigError, SlideReadError, TrainingDataError
 from slideseg.loss import MaskKind, TargetSpec, make_target
 from slideseg.plan import Box, mirror_index
 
@@ -40,9 +37,6 @@ IN_MEMORY_MAX_PX = 2048 * 2048
 _SUFFIXES = (".ome.tiff", ".ome.tif", ".ome.zarr", ".tiff", ".tif", ".png", ".zarr")
 _MASK_MARKERS = (".truth", ".mask", "_mask", "-mask", "_masks", ".labels", "_labels", "-labels", "_label")
 
-
-class TrainingDataError(SlideSegError, ValueError):
-    """Training images or masks are missing, unmatched, of the wrong size or hold unexpected values."""
 
 
 # ---------------------------------------------------------------------------------------- pairs
@@ -517,49 +511,6 @@ def window_arrays(item: Item, window: Box, spec: TargetSpec, mode: str
     labels = check_mask_values(read_mirrored(item.mask, window, mode), spec.kind, spec.classes, item.name)
     target, weight, truth = make_target(labels, spec)
     return image, target, weight * valid, truth
-
-
-T = TypeVar("T")
-
-
-class BackgroundLoader(Generic[T]):
-    """``fn(i)`` for ``i`` in ``range(start, stop)``, in order, computed ahead in worker threads."""
-
-    def __init__(self, fn: Callable[[int], T], start: int, stop: int, workers: int = 2, prefetch: int = 4) -> None:
-        self._fn, self._next, self._stop = fn, start, stop
-        self._prefetch = max(1, prefetch)
-        self._pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="slideseg-data")
-        self._queue: deque[Future[T]] = deque()
-        self._lock = threading.Lock()
-
-    def _fill(self) -> None:
-        while len(self._queue) < self._prefetch and self._next < self._stop:
-            self._queue.append(self._pool.submit(self._fn, self._next))
-            self._next += 1
-
-    def __iter__(self) -> Iterator[T]:
-        return self
-
-    def __next__(self) -> T:
-        with self._lock:
-            self._fill()
-            if not self._queue:
-                raise StopIteration
-            future = self._queue.popleft()
-            self._fill()
-        return future.result()
-
-    def close(self) -> None:
-        for f in self._queue:
-            f.cancel()
-        self._queue.clear()
-        self._pool.shutdown(wait=True, cancel_futures=True)
-
-    def __enter__(self) -> BackgroundLoader[T]:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 def random_origin(item: Item, output: int, alignment: int, rng: np.random.Generator) -> tuple[int, int]:

@@ -27,3 +27,7 @@ class OutputExistsError(SlideSegError, FileExistsError):
 
 class OutputFormatError(SlideSegError, ValueError):
     """An existing output is not what slideseg expects (not a slideseg OME-Zarr, incomplete)."""
+
+
+class TrainingDataError(SlideSegError, ValueError):
+    """Training images or masks are missing, unmatched, of the wrong size or hold unexpected values."""

@@ -208,7 +208,7 @@ def evaluate(pred: str | Path, gt: str | Path, *, gt_kind: GtKind = "auto", bloc
 
 def _evaluate(p: Any, classes_gt: Any, instances_gt: Any, pred: str | Path, gt: str | Path, block: int
               ) -> EvalResult:
-    from slideseg.data import TrainingDataError
+    from slideseg.errors import TrainingDataError
 
     h, w = p.shape[:2]
     if classes_gt.shape[:2] != (h, w):
@@ -278,7 +278,7 @@ def _open_truth(path: Path, kind: GtKind) -> tuple[Any, Any]:
 
 
 def _ids(region: np.ndarray, path: Any) -> NDArray[np.int64]:
-    from slideseg.data import TrainingDataError
+    from slideseg.errors import TrainingDataError
 
     a = np.asarray(region)
     if a.dtype.kind == "f":
@@ -406,7 +406,7 @@ def validate(net: Any, sampler: Any, jobs: list[tuple[Any, int, int, int, int]],
     """
     import torch
 
-    from slideseg.data import BackgroundLoader
+    from slideseg.loader import BackgroundLoader
     from slideseg.loss import weighted_cross_entropy
 
     if not jobs:

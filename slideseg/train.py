@@ -33,7 +33,6 @@ import numpy as np
 from slideseg.augment import AugmentConfig, Sample, TileSampler
 from slideseg.data import (
     MASK_KINDS,
-    BackgroundLoader,
     Statistics,
     TargetSpec,
     TileGeometry,
@@ -43,6 +42,7 @@ from slideseg.data import (
 )
 from slideseg.errors import ConfigError, ModelFileError, OutputExistsError
 from slideseg.evaluate import validate, validation_tiles
+from slideseg.loader import BackgroundLoader
 from slideseg.model import UNetConfig
 
 ARCH_FIELDS = ("depth", "width", "in_channels", "classes", "padding", "halo")

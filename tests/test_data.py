@@ -12,12 +12,10 @@ import tifffile
 
 from slideseg.augment import NONE, AugmentConfig, TileSampler
 from slideseg.data import (
-    BackgroundLoader,
     Item,
     Pair,
     TargetSpec,
     TileGeometry,
-    TrainingDataError,
     check_mask_values,
     estimate_statistics,
     load_cache,
@@ -27,8 +25,9 @@ from slideseg.data import (
     pair_directories,
     read_manifest,
 )
-from slideseg.errors import ConfigError
+from slideseg.errors import ConfigError, TrainingDataError
 from slideseg.evaluate import validation_tiles
+from slideseg.loader import BackgroundLoader
 from slideseg.model import UNetConfig
 from tests.conftest import ArraySlide, random_rgb
 

@@ -13,8 +13,8 @@ import tifffile
 from typer.testing import CliRunner
 
 from slideseg.cli import app
-from slideseg.data import TrainingData, TrainingDataError, load_training_data
-from slideseg.errors import ConfigError, ModelFileError, OutputExistsError
+from slideseg.data import TrainingData, load_training_data
+from slideseg.errors import ConfigError, ModelFileError, OutputExistsError, TrainingDataError
 from slideseg.evaluate import evaluate
 from slideseg.model import UNetConfig, build_unet, load_model, read_model_config, save_model
 from slideseg.predict import PredictConfig, predict
