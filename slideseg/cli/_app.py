@@ -20,10 +20,9 @@ __all__ = ["app", "err", "out"]
 
 app = typer.Typer(
     help="Exact, seamless U-Net segmentation of whole-slide images, streamed to OME-Zarr.\n\n"
-    "Typical run: `slideseg new-model -o unet.safetensors --width 16`, "
-    "`slideseg synth demo.ome.tif --size 6000 8000`, "
-    "`slideseg predict demo.ome.tif -o demo-mask.zarr --model unet.safetensors`, "
-    "`slideseg info demo-mask.zarr`.",
+    "Typical run: `slideseg synth demo.ome.tif --size 6000 8000`, "
+    "`slideseg predict demo.ome.tif -o demo-mask.zarr` (the bundled nuclei model), "
+    "`slideseg info demo-mask.zarr`, `slideseg evaluate demo-mask.zarr demo.truth.zarr`.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,

@@ -22,7 +22,7 @@ def export(
     tile: Annotated[int | None, typer.Option(
         help="Input tile edge in px (exports have a fixed H/W). Default: the tile `predict` picks for "
              "1024-px chunks.")] = None,
-    max_batch: Annotated[int | None, typer.Option(help="Largest batch (predict's --batch-size). [default: 8]")] = None,
+    max_batch: Annotated[int | None, typer.Option(help="Largest batch (predict's --batch-size). (default: 8)")] = None,
     precision: Annotated[str, typer.Option(help="fp32 | fp16 | bf16: the graph computes in it.")] = "fp32",
     output: Annotated[Path | None, typer.Option(
         "-o", "--output", help="ONNX file to write. Default: engines/ (or $SLIDESEG_ENGINES_DIR), named by "
@@ -92,7 +92,7 @@ def plan(
                                                       "region for the seam error.")] = None,
     model: Annotated[Path, typer.Option("--model", "-m", help="Model file (.safetensors, .onnx, .pt2, .pt).")] = Path(),
     tile: Annotated[int | None, typer.Option(help="Tile edge in px. Default: what predict picks.")] = None,
-    chunk: Annotated[int | None, typer.Option(help="Output chunk edge in px. [default: 1024]")] = None,
+    chunk: Annotated[int | None, typer.Option(help="Output chunk edge in px. (default: 1024)")] = None,
     halo: Annotated[list[int] | None, typer.Option(
         help="Halo to measure (same-padded models; repeat for several). Default: 0, 1, 2, 4, 8 pooling "
              "steps and the model's own.")] = None,
@@ -101,8 +101,8 @@ def plan(
         help="Chunk size used for the seam measurement (default region/2, so the region has seams).")] = None,
     measure: Annotated[bool, typer.Option("--measure/--no-measure", help="Measure the seam error.")] = True,
     engine: Annotated[str | None, typer.Option(
-        help="Engine for the measurement. [default: torch for .safetensors models (no export per tile size), "
-             "else auto]")] = None,
+        help="Engine for the measurement. (default: torch for .safetensors models (no export per tile size), "
+             "else auto)")] = None,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda[:N].")] = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:

@@ -24,45 +24,45 @@ def predict(
         "-o", "--output", help="Output OME-Zarr label image (mask.zarr); a directory for several slides.")] = None,
     model: Annotated[Path | None, typer.Option("--model", "-m", help=(
         "Model: a slideseg .safetensors file, or your own .onnx / .pt2 / TorchScript file with a sidecar "
-        "MODEL.json. [default: the bundled model]"))] = None,
+        "MODEL.json. (default: the bundled model)"))] = None,
     tile: Annotated[int | None, typer.Option(
         help="Network input tile edge in px (depth-4 valid: 16k+12). Default: one tile per chunk.")] = None,
     batch_size: Annotated[int | None, typer.Option(
-        help="Tiles per engine call. [default: 4 on GPU; CPU: up to 1.5 MP]")] = None,
-    chunk: Annotated[int | None, typer.Option(help="Output chunk edge in px. [default: 1024]")] = None,
+        help="Tiles per engine call. (default: 4 on GPU; CPU: up to 1.5 MP)")] = None,
+    chunk: Annotated[int | None, typer.Option(help="Output chunk edge in px. (default: 1024)")] = None,
     ngff: Annotated[str | None, typer.Option(
-        help="Output format: 0.4 (Zarr v2; QuPath, napari, OMERO) or 0.5 (Zarr v3, sharded). [default: 0.4]")] = None,
+        help="Output format: 0.4 (Zarr v2; QuPath, napari, OMERO) or 0.5 (Zarr v3, sharded). (default: 0.4)")] = None,
     shard: Annotated[int | None, typer.Option(
-        help="NGFF 0.5 shard edge in px, a multiple of --chunk. [default: 4 chunks]")] = None,
+        help="NGFF 0.5 shard edge in px, a multiple of --chunk. (default: 4 chunks)")] = None,
     into: Annotated[Path | None, typer.Option(
         help="Write the mask as a label of this OME-Zarr image (INTO/labels/NAME) instead of -o.")] = None,
-    name: Annotated[str | None, typer.Option(help="Label name with --into. [default: segmentation]")] = None,
+    name: Annotated[str | None, typer.Option(help="Label name with --into. (default: segmentation)")] = None,
     level: Annotated[int | None, typer.Option(
-        help="Pyramid level to read. [default: the level nearest the model's µm/px, resampled to it]")] = None,
+        help="Pyramid level to read. (default: the level nearest the model's µm/px, resampled to it)")] = None,
     mpp: Annotated[float | None, typer.Option(
         help="The slide's level-0 pixel size in µm, overriding its metadata.")] = None,
     channels: Annotated[str | None, typer.Option(
-        help="Channels to feed the model, in order, e.g. 0,2. [default: all]")] = None,
-    series: Annotated[int | None, typer.Option(help="Image series of a multi-series file. [default: 0]")] = None,
-    device: Annotated[str | None, typer.Option(help="auto | cpu | cuda[:N]. [default: auto]")] = None,
+        help="Channels to feed the model, in order, e.g. 0,2. (default: all)")] = None,
+    series: Annotated[int | None, typer.Option(help="Image series of a multi-series file. (default: 0)")] = None,
+    device: Annotated[str | None, typer.Option(help="auto | cpu | cuda[:N]. (default: auto)")] = None,
     engine: Annotated[str | None, typer.Option(
         help="auto | torch | onnxruntime | tensorrt. auto: TensorRT if installed and a GPU is present, else "
-             "torch on CUDA, else the fastest CPU engine (measured once, cached in engines/). [default: auto]")] = None,
-    precision: Annotated[str | None, typer.Option(help="fp32 | fp16 | bf16. [default: fp32]")] = None,
+             "torch on CUDA, else the fastest CPU engine (measured once, cached in engines/). (default: auto)")] = None,
+    precision: Annotated[str | None, typer.Option(help="fp32 | fp16 | bf16. (default: fp32)")] = None,
     compile: Annotated[bool | None, typer.Option("--compile", help="torch.compile the network.")] = None,
     probabilities: Annotated[bool | None, typer.Option(
         "--probabilities/--no-probabilities", help="Also write per-class probabilities (uint8).")] = None,
     preview: Annotated[bool | None, typer.Option(
         "--preview", help="Also write mask.png beside the output: the slide with the mask overlaid.")] = None,
     tissue: Annotated[bool | None, typer.Option(
-        "--tissue/--no-tissue", help="Run only chunks with tissue; the rest read as background. [default: on]")] = None,
+        "--tissue/--no-tissue", help="Run only chunks with tissue; the rest read as background. (default: on)")] = None,
     tissue_mask: Annotated[Path | None, typer.Option(
         help="Low-resolution tissue mask (image or Zarr, non-zero = tissue) instead of detection.")] = None,
     overwrite: Annotated[bool | None, typer.Option(
         "--overwrite", help="Replace an existing output (never done otherwise).")] = None,
     resume: Annotated[bool | None, typer.Option(
         "--resume", help="Finish an interrupted run: only missing chunks run; the result is identical.")] = None,
-    threads: Annotated[int | None, typer.Option(help="CPU threads for the engine. [default: all]")] = None,
+    threads: Annotated[int | None, typer.Option(help="CPU threads for the engine. (default: all)")] = None,
     io_threads: Annotated[int, typer.Option(
         help="Threads per worker reading and writing chunks.", rich_help_panel=_CLUSTER)] = 2,
     workers: Annotated[int | None, typer.Option(
@@ -73,12 +73,12 @@ def predict(
         help="Use the running Dask scheduler at tcp://host:port.", rich_help_panel=_CLUSTER)] = None,
     cluster: Annotated[str | None, typer.Option(help="slurm | pbs: start workers as batch jobs.",
                                                 rich_help_panel=_HPC)] = None,
-    jobs: Annotated[int | None, typer.Option(help="Batch jobs (one worker each). [default: 1]",
+    jobs: Annotated[int | None, typer.Option(help="Batch jobs (one worker each). (default: 1)",
                                              rich_help_panel=_HPC)] = None,
-    cores: Annotated[int | None, typer.Option(help="Cores per job. [default: 8]", rich_help_panel=_HPC)] = None,
-    memory: Annotated[str | None, typer.Option(help="Memory per job. [default: 32GB]", rich_help_panel=_HPC)] = None,
-    gpus_per_job: Annotated[int | None, typer.Option(help="GPUs per job. [default: 0]", rich_help_panel=_HPC)] = None,
-    walltime: Annotated[str | None, typer.Option(help="Walltime per job. [default: 04:00:00]",
+    cores: Annotated[int | None, typer.Option(help="Cores per job. (default: 8)", rich_help_panel=_HPC)] = None,
+    memory: Annotated[str | None, typer.Option(help="Memory per job. (default: 32GB)", rich_help_panel=_HPC)] = None,
+    gpus_per_job: Annotated[int | None, typer.Option(help="GPUs per job. (default: 0)", rich_help_panel=_HPC)] = None,
+    walltime: Annotated[str | None, typer.Option(help="Walltime per job. (default: 04:00:00)",
                                                  rich_help_panel=_HPC)] = None,
     queue: Annotated[str | None, typer.Option(help="Partition or queue.", rich_help_panel=_HPC)] = None,
     account: Annotated[str | None, typer.Option(help="Account or project.", rich_help_panel=_HPC)] = None,

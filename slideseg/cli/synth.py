@@ -16,8 +16,8 @@ from slideseg.cli._app import _friendly_errors, _given, app, err, out
 def synth(
     output: Annotated[Path, typer.Argument(help="Slide to write (.ome.tif); truth goes to .truth.zarr.")],
     size: Annotated[tuple[int, int], typer.Option(help="Height and width in px.")] = (4096, 4096),
-    seed: Annotated[int | None, typer.Option(help="Random seed. [default: 0]")] = None,
-    mpp: Annotated[float | None, typer.Option(help="Pixel size, µm. [default: 0.5]")] = None,
+    seed: Annotated[int | None, typer.Option(help="Random seed. (default: 0)")] = None,
+    mpp: Annotated[float | None, typer.Option(help="Pixel size, µm. (default: 0.5)")] = None,
     tissue_fraction: Annotated[float | None, typer.Option(help="Fraction covered by tissue.")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing files.")] = False,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show progress.")] = True,

@@ -17,13 +17,13 @@ def export_geojson(
     output: Annotated[Path, typer.Option("-o", "--output", help="GeoJSON file to write (mask.geojson).")],
     level: Annotated[int | None, typer.Option(
         help="Mask pyramid level to trace: 0 is exact; level l is x2**l coarser (smaller files, thin "
-             "regions vanish). [default: 0]")] = None,
+             "regions vanish). (default: 0)")] = None,
     min_area: Annotated[float | None, typer.Option(
-        help="Drop regions smaller than this, in square pixels of slide level 0. [default: 0]")] = None,
+        help="Drop regions smaller than this, in square pixels of slide level 0. (default: 0)")] = None,
     classes: Annotated[str | None, typer.Option(
-        help="Classes to export, by value or name, e.g. 1,2. [default: all but the background]")] = None,
+        help="Classes to export, by value or name, e.g. 1,2. (default: all but the background)")] = None,
     object_type: Annotated[str | None, typer.Option(
-        help="QuPath object type: annotation | detection (lighter for many objects). [default: annotation]")] = None,
+        help="QuPath object type: annotation | detection (lighter for many objects). (default: annotation)")] = None,
     by_class: Annotated[bool | None, typer.Option(
         "--by-class", help="One MultiPolygon per class instead of one Polygon per region.")] = None,
     slide: Annotated[Path | None, typer.Option(
@@ -54,9 +54,9 @@ def preview(
     mask: Annotated[Path, typer.Argument(help="A mask written by `slideseg predict` (mask.zarr).")],
     output: Annotated[Path, typer.Option("-o", "--output", help="PNG to write (overlay.png).")],
     slide: Annotated[Path | None, typer.Option(
-        help="Slide to draw under the mask. [default: the one recorded in the mask, if it is there]")] = None,
-    size: Annotated[int | None, typer.Option(help="Longer side of the thumbnail, px. [default: 1024]")] = None,
-    alpha: Annotated[float | None, typer.Option(help="Opacity of the mask colours, 0-1. [default: 0.5]")] = None,
+        help="Slide to draw under the mask. (default: the one recorded in the mask, if it is there)")] = None,
+    size: Annotated[int | None, typer.Option(help="Longer side of the thumbnail, px. (default: 1024)")] = None,
+    alpha: Annotated[float | None, typer.Option(help="Opacity of the mask colours, 0-1. (default: 0.5)")] = None,
     overwrite: Annotated[bool | None, typer.Option("--overwrite", help="Replace an existing output.")] = None,
 ) -> None:
     """Write a PNG thumbnail of the slide with the mask in its label colours and a legend."""
