@@ -29,7 +29,7 @@ CPU_BATCH_PIXELS = 1.5e6
 needs about 0.6 GB of activations, so this keeps inference under ~1 GB."""
 # PredictConfig fields that change the output: a resumed run must match them.
 _OUTPUT_FIELDS = ("tile", "chunk", "ngff", "shard", "into", "name", "level", "mpp", "channels", "series",
-                  "probabilities", "precision", "tissue", "tissue_mask")
+                  "probabilities", "precision", "compile", "tissue", "tissue_mask")
 
 
 @dataclass(frozen=True)
@@ -166,6 +166,7 @@ def predict(slide_path: str | os.PathLike[str], output: str | os.PathLike[str] |
         if output is not None and Path(output).resolve() != target.resolve():
             raise ConfigError(f"-o {output} and --into {cfg.into} disagree; with --into the mask goes to {target}.")
         output = target
+        cfg = _with_image_version(cfg)
     if output is None:
         raise ConfigError("no output given: pass -o mask.zarr, or --into image.ome.zarr --name NAME")
     key = _engine_key(model_path, cfg)
@@ -189,6 +190,8 @@ def predict_many(slides: Sequence[str | os.PathLike[str]], outdir: str | os.Path
                  cluster: ClusterConfig = ClusterConfig(), observer: Observer | None = None) -> list[BatchItem]:
     """Segment several slides into ``outdir/<name>.zarr`` on one cluster; outputs that are already
     complete are skipped, and one slide's error does not stop the others."""
+    if cfg.into is not None:
+        raise ConfigError("--into writes the label of one image; run one slide at a time with --into.")
     out = Path(outdir)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"{out} is a file; with several slides -o must be a directory.")
@@ -212,6 +215,16 @@ def predict_many(slides: Sequence[str | os.PathLike[str]], outdir: str | os.Path
             else:
                 items.append(BatchItem(slide, target, result=result))
     return items
+
+
+def _with_image_version(cfg: PredictConfig) -> PredictConfig:
+    """With ``--into``, the label takes the image's NGFF version (and Zarr format)."""
+    from slideseg.labels import parent_levels
+
+    version = parent_levels(cfg.into or "").version
+    if cfg.shard is not None and version != "0.5":
+        raise ConfigError(f"--shard needs an NGFF 0.5 image, but --into {cfg.into} is NGFF {version}; drop --shard.")
+    return PredictConfig(**{**cfg.to_dict(), "ngff": version})
 
 
 def default_batch_size(tile: int, gpu: bool) -> int:
@@ -253,10 +266,11 @@ def _predict_one(client: Any, slide_path: Path, output: Path, key: EngineKey, cf
     if cfg.tile is None and info["fixed_tile"]:  # a model file made for one tile size
         cfg = PredictConfig(**{**cfg.to_dict(), "tile": info["fixed_tile"]})
     plan = plan_for(source.shape, mc.geometry, cfg)
+    batch = cfg.batch_size or default_batch_size(plan.tile, gpu=resources is not None)
     attrs = {
         "version": __version__, "predict_config": cfg.to_dict(), "model_config": mc.to_dict(),
         "model_metadata": dict(info["metadata"]), "weights_sha256": info["weights_sha256"],
-        "engine": info["describe"], "plan": plan.describe(),
+        "engine": info["describe"], "plan": plan.describe(), "batch_size": batch,
         "source": {"path": str(slide_path.resolve()), **source.describe()},
     }
     writer, tissue = _open_output(output, plan, mc, source, attrs, cfg, slide_path)
@@ -269,7 +283,6 @@ def _predict_one(client: Any, slide_path: Path, output: Path, key: EngineKey, cf
     for iy, ix in skip:
         writer.write_background(iy, ix)
         observer.chunk_done(plan.chunk(iy, ix).box.area, True)
-    batch = cfg.batch_size or default_batch_size(plan.tile, gpu=resources is not None)
     spec = JobSpec(str(slide_path), source.level, source.series, str(output), plan, key, mc.mirror, cfg.probabilities,
                    batch, source.factor, cfg.channels, merge_batches=resources is not None)
     in_flight = 2 * sum(client.nthreads().values()) or 4
@@ -334,21 +347,22 @@ def _channels(cfg: PredictConfig) -> dict[str, Any]:
 def _open_output(output: Path, plan: Plan, mc: Any, source: _Source, attrs: dict[str, Any],
                  cfg: PredictConfig, slide_path: Path) -> tuple[Any, Any]:
     """A writer for ``output`` (new, replaced, or resumed after checks) and the tissue mask to use."""
-    from slideseg.tissue import TissueMask, detect_tissue, load_tissue_mask
+    from slideseg.tissue import TissueMask
     from slideseg.write import LabelClass, create_mask, describe_mask, open_mask, open_mask_writer
 
     if output.exists() and cfg.resume:
         _check_resumable(output, attrs, describe_mask(output))
         writer = open_mask_writer(output)
         group = open_mask(output)
-        return writer, (TissueMask.from_zarr(group["tissue"]) if "tissue" in group else None)
+        if "tissue" in group:
+            return writer, TissueMask.from_zarr(group["tissue"])
+        tissue = _tissue(cfg, plan, source, slide_path)  # killed before it was saved: no chunk is done yet
+        if tissue is not None:
+            writer.write_tissue(tissue.mask, tissue.attrs())
+        return writer, tissue
     if output.exists() and not cfg.overwrite:
         raise OutputExistsError(f"{output} exists; pass --resume to finish it or --overwrite to replace it.")
-    tissue = None
-    if cfg.tissue_mask:
-        tissue = load_tissue_mask(cfg.tissue_mask, plan.shape)
-    elif cfg.tissue:
-        tissue = detect_tissue(slide_path, plan.shape, source.series, **_channels(cfg))
+    tissue = _tissue(cfg, plan, source, slide_path)
     classes = [LabelClass(k, n, c) for k, (n, c) in enumerate(zip(mc.class_names, mc.class_colors, strict=True))]
     into = None
     if cfg.into is not None:
@@ -363,6 +377,16 @@ def _open_output(output: Path, plan: Plan, mc: Any, source: _Source, attrs: dict
     if tissue is not None:
         writer.write_tissue(tissue.mask, tissue.attrs())
     return writer, tissue
+
+
+def _tissue(cfg: PredictConfig, plan: Plan, source: _Source, slide_path: Path) -> Any:
+    from slideseg.tissue import detect_tissue, load_tissue_mask
+
+    if cfg.tissue_mask:
+        return load_tissue_mask(cfg.tissue_mask, plan.shape)
+    if cfg.tissue:
+        return detect_tissue(slide_path, plan.shape, source.series, **_channels(cfg))
+    return None
 
 
 def _check_resumable(output: Path, attrs: Mapping[str, Any], existing: Mapping[str, Any]) -> None:
@@ -380,6 +404,8 @@ def _check_resumable(output: Path, attrs: Mapping[str, Any], existing: Mapping[s
     for k in ("engine", "device"):
         if old.get("engine", {}).get(k) != attrs["engine"].get(k):
             why.append(f"the {k} was {old.get('engine', {}).get(k)}, now {attrs['engine'].get(k)}")
+    if old.get("batch_size") != attrs["batch_size"]:  # CPU results depend on which tiles share a batch
+        why.append(f"tiles were run {old.get('batch_size')} per batch, now {attrs['batch_size']} (--batch-size)")
     if old.get("source", {}).get("path") != attrs["source"]["path"]:
         why.append(f"it was made from {old.get('source', {}).get('path')}")
     if why:

@@ -102,7 +102,8 @@ def clean(mask: np.ndarray) -> np.ndarray:
     """Close small gaps, fill holes, drop specks, then grow by two pixels as a safety margin."""
     if not mask.any():
         return mask
-    mask = ndimage.binary_closing(mask, iterations=2, border_value=0)
+    pad = 3  # closing erodes from the border too: pad by replicating the edge, then crop
+    mask = ndimage.binary_closing(np.pad(mask, pad, mode="edge"), iterations=2)[pad:-pad, pad:-pad]
     mask = ndimage.binary_fill_holes(mask)
     labels, n = ndimage.label(mask)
     if n:

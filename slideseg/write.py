@@ -67,7 +67,8 @@ DONE = "chunks_done"
 TISSUE = "tissue"
 _CODEC = {"cname": "zstd", "clevel": 5, "shuffle": Blosc.BITSHUFFLE}
 # Entries a mask directory may hold; anything else means it is not ours to delete.
-_OWN_ENTRIES = {".zgroup", ".zattrs", ".zmetadata", "zarr.json", PROBABILITIES, PREDICTION, DONE, TISSUE}
+_OWN_ENTRIES = {".zgroup", ".zattrs", ".zmetadata", "zarr.json", PROBABILITIES, PREDICTION, DONE, TISSUE,
+                f"{TISSUE}.partial"}
 _REQUIRED_ATTRS = ("multiscales", "image-label")
 
 
@@ -153,9 +154,11 @@ class MaskWriter:
 
     def write_tissue(self, mask: np.ndarray, attrs: Mapping[str, Any]) -> None:
         """Save the low-resolution tissue mask (bool or uint8 (h, w)) that chose the chunks to run."""
-        arr = _create_level(self._group, TISSUE, mask.shape, mask.shape, self.version)
+        staging = f"{TISSUE}.partial"
+        arr = _create_level(self._group, staging, mask.shape, mask.shape, self.version)
         arr[...] = mask.astype(np.uint8)
         arr.attrs.put(_json_record(attrs))
+        os.replace(self.path / staging, self.path / TISSUE)  # appears whole or not at all
 
     def finalize(self, num_workers: int | None = None) -> None:
         """Build the x2 nearest-neighbour pyramid and mark the mask complete.
@@ -311,6 +314,8 @@ def open_mask_writer(path: str | os.PathLike[str]) -> MaskWriter:
     ms = ome["multiscales"][0]
     unit = ms["axes"][-1].get("unit")
     mpp = ms["datasets"][0]["coordinateTransformations"][0]["scale"][-1] if unit == "micrometer" else None
+    if into is not None:  # the root's scales are the image's; the prediction grid has its own
+        mpp = record.get("source", {}).get("mpp")
     shape = (int(level0.shape[0]), int(level0.shape[1]))
     write_unit = int((getattr(level0, "shards", None) or level0.chunks)[0])
     return MaskWriter(Path(path), group, shape, write_unit, classes, mpp, record, version or "0.4", into)
@@ -467,9 +472,12 @@ def _clear_output(path: Path, overwrite: bool) -> None:
             f"another output path"
         )
     entries = {e.name for e in path.iterdir()}
-    foreign = sorted(e for e in entries - _OWN_ENTRIES if not e.isdigit())
-    if entries and (foreign or "slideseg" not in _read_json(path / ".zattrs")):
-        why = f"it holds {foreign[:3]}" if foreign else "its .zattrs has no 'slideseg' record"
+    attrs = _read_json(path / ".zattrs") or _read_json(path / "zarr.json").get("attributes", {})
+    record = attrs.get("slideseg") if isinstance(attrs, dict) else None
+    into_paths = set((record or {}).get("into", {}).get("paths", [])) if isinstance(record, dict) else set()
+    foreign = sorted(e for e in entries - _OWN_ENTRIES - into_paths if not e.isdigit())
+    if entries and (foreign or record is None):
+        why = f"it holds {foreign[:3]}" if foreign else "its attributes have no 'slideseg' record"
         raise OutputFormatError(
             f"{path} exists and is not a slideseg mask ({why}); refusing to replace it even "
             f"with --overwrite: remove it yourself or choose another output path"

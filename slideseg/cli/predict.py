@@ -20,8 +20,9 @@ def predict(
     slides: Annotated[list[Path], typer.Argument(
         help="Slide(s): OME-TIFF, SVS, NDPI, tiled TIFF, OME-Zarr (0.4/0.5), Zarr, PNG/JPEG.",
         show_default=False)],
-    output: Annotated[Path | None, typer.Option(
-        "-o", "--output", help="Output OME-Zarr label image (mask.zarr); a directory for several slides.")] = None,
+    output: Annotated[str | None, typer.Option(
+        "-o", "--output", help="Output OME-Zarr label image (mask.zarr); a directory (DIR/) for several slides.")
+    ] = None,
     model: Annotated[Path | None, typer.Option("--model", "-m", help=(
         "Model: a slideseg .safetensors file, or your own .onnx / .pt2 / TorchScript file with a sidecar "
         "MODEL.json. (default: the bundled model)"))] = None,
@@ -115,15 +116,19 @@ def predict(
         from slideseg.errors import ConfigError
 
         raise ConfigError("no output given: pass -o mask.zarr (or -o DIR/ for several slides), or --into IMAGE")
-    many = output is not None and (len(slides) > 1 or str(output).endswith("/")
-                                   or (output.is_dir() and output.suffix != ".zarr"))
+    if into is not None and len(slides) > 1:
+        from slideseg.errors import ConfigError
+
+        raise ConfigError("--into writes the label of one image; run one slide at a time with --into.")
+    many = output is not None and (len(slides) > 1 or output.endswith("/")
+                                   or (Path(output).is_dir() and Path(output).suffix != ".zarr"))
     with PredictProgress(n_slides=len(slides), console=err, enabled=progress) as observer:
         if not many:
-            result = run_predict(slides[0], output, model_path, cfg, cc, observer)
+            result = run_predict(slides[0], Path(output) if output else None, model_path, cfg, cc, observer)
             items = None
         else:
             assert output is not None
-            items = predict_many(slides, output, model_path, cfg, cc, observer)
+            items = predict_many(slides, Path(output), model_path, cfg, cc, observer)
     if items is None:
         _summary(result)
         return
