@@ -161,6 +161,7 @@ def predict(slide_path: str | os.PathLike[str], output: str | os.PathLike[str] |
     ``INTO/labels/NAME``)."""
     from slideseg.labels import label_path
 
+    cfg = _absolute_paths(cfg)
     if cfg.into is not None:
         target = label_path(cfg.into, cfg.name)
         if output is not None and Path(output).resolve() != target.resolve():
@@ -201,6 +202,7 @@ def predict_many(slides: Sequence[str | os.PathLike[str]], outdir: str | os.Path
     if dupes:
         raise ConfigError(f"several slides would write {sorted(map(str, dupes))[0]}; give them distinct names.")
     key = _engine_key(model_path, cfg)
+    cfg = _absolute_paths(cfg)
     items = []
     with dask_client(cluster, gpu=_wants_gpu(cfg)) as client:
         for slide, target in targets:
@@ -215,6 +217,12 @@ def predict_many(slides: Sequence[str | os.PathLike[str]], outdir: str | os.Path
             else:
                 items.append(BatchItem(slide, target, result=result))
     return items
+
+
+def _absolute_paths(cfg: PredictConfig) -> PredictConfig:
+    """Record ``--into`` and ``--tissue-mask`` as absolute paths, so a resume from another folder matches."""
+    fix = {k: str(Path(v).resolve()) for k in ("into", "tissue_mask") if (v := getattr(cfg, k)) is not None}
+    return PredictConfig(**{**cfg.to_dict(), **fix}) if fix else cfg
 
 
 def _with_image_version(cfg: PredictConfig) -> PredictConfig:
@@ -406,8 +414,12 @@ def _check_resumable(output: Path, attrs: Mapping[str, Any], existing: Mapping[s
             why.append(f"the {k} was {old.get('engine', {}).get(k)}, now {attrs['engine'].get(k)}")
     if old.get("batch_size") != attrs["batch_size"]:  # CPU results depend on which tiles share a batch
         why.append(f"tiles were run {old.get('batch_size')} per batch, now {attrs['batch_size']} (--batch-size)")
-    if old.get("source", {}).get("path") != attrs["source"]["path"]:
-        why.append(f"it was made from {old.get('source', {}).get('path')}")
+    old_src, new_src = old.get("source", {}), attrs["source"]
+    if old_src.get("path") != new_src["path"]:
+        why.append(f"it was made from {old_src.get('path')}")
+    else:
+        why += [f"the slide's {k.replace('_', ' ')} was {old_src.get(k)}, now {new_src.get(k)}"
+                for k in ("level", "level_shape", "resample_factor", "channels") if old_src.get(k) != new_src.get(k)]
     if why:
         raise ConfigError(f"cannot resume {output}: {'; '.join(why)}. Resume with the original settings, "
                           "or pass --overwrite to start again.")

@@ -98,3 +98,23 @@ def test_output_directory_with_a_slash_for_one_slide(tmp_path: Path, model: Path
                                  "--no-progress"])
     assert r.exit_code == 0, r.stderr
     assert (tmp_path / "results" / "s.zarr" / "0").is_dir()
+
+
+def test_resume_refuses_a_slide_replaced_at_the_same_path(tmp_path: Path, model: Path) -> None:
+    slide = write_tiff(tmp_path / "s.ome.tif", random_rgb((100, 100)))
+    predict(slide, tmp_path / "m.zarr", model, PredictConfig(device="cpu"))
+    write_tiff(slide, random_rgb((120, 100)))
+    with pytest.raises(ConfigError, match="level shape was"):
+        predict(slide, tmp_path / "m.zarr", model, PredictConfig(device="cpu", resume=True))
+
+
+def test_relative_and_absolute_tissue_mask_paths_resume(tmp_path: Path, model: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    import tifffile
+
+    slide = write_tiff(tmp_path / "s.ome.tif", random_rgb((100, 100)))
+    tifffile.imwrite(tmp_path / "t.tif", np.ones((10, 10), np.uint8))
+    monkeypatch.chdir(tmp_path)
+    predict(slide, tmp_path / "m.zarr", model, PredictConfig(device="cpu", tissue_mask="t.tif"))
+    predict(slide, tmp_path / "m.zarr", model, PredictConfig(device="cpu", tissue_mask=str(tmp_path / "t.tif"),
+                                                            resume=True))
