@@ -67,10 +67,6 @@ class ClusterConfig:
         if self.jobs < 1 or self.cores < 1 or self.gpus_per_job < 0:
             raise ConfigError("--jobs and --cores must be >= 1 and --gpus-per-job >= 0")
 
-    @property
-    def in_process(self) -> bool:
-        return not (self.workers or self.scheduler_file or self.scheduler_address or self.cluster)
-
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 

@@ -28,6 +28,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from slideseg.errors import ConfigError, SlideReadError, TrainingDataError
+from slideseg.formats import slide_stem
 from slideseg.loss import MaskKind, TargetSpec, make_target
 from slideseg.plan import Box, mirror_index
 
@@ -56,11 +57,7 @@ class Pair:
 
 def _key(path: Path, markers: bool) -> str:
     """File name without its image suffix (and without a mask marker if ``markers``)."""
-    name = path.name
-    for s in _SUFFIXES:
-        if name.lower().endswith(s):
-            name = name[: -len(s)]
-            break
+    name = slide_stem(path)
     if markers:
         for m in _MASK_MARKERS:
             if name.lower().endswith(m):

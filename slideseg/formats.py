@@ -588,3 +588,21 @@ def parse_channels(channels: str | Sequence[int] | None) -> tuple[int, ...] | No
             f"such as '0,2' (first and third channel, in that order)"
         )
     return picked
+
+
+IMAGE_SUFFIXES = (".ome.tiff", ".ome.tif", ".ome.zarr", ".tiff", ".tif", ".svs", ".ndpi", ".zarr", ".png", ".jpeg",
+                  ".jpg")
+"""File-name endings of images, compound ones first."""
+
+
+def slide_stem(path: str | os.PathLike[str]) -> str:
+    """A file name without its image suffix.
+
+    >>> slide_stem("a/demo.ome.tif"), slide_stem("b.svs"), slide_stem("c.truth.zarr"), slide_stem("notes")
+    ('demo', 'b', 'c.truth', 'notes')
+    """
+    name = Path(path).name
+    for suffix in IMAGE_SUFFIXES:
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return name

@@ -108,10 +108,6 @@ class Geometry:
             hi += 1
         return (lo if lo >= self.min_input else self.min_input), hi
 
-    def is_tileable(self, n: int) -> bool:
-        """Whether ``n`` is valid and its usable output spans at least one alignment step."""
-        return self.is_valid(n) and self.usable_output(n) >= self.alignment
-
     def check_tile(self, n: int) -> int:
         """Return ``n`` if it can tile a slide, else raise a ConfigError naming valid sizes."""
         self.output_size(n)

@@ -19,6 +19,7 @@ from typing import Any, Protocol
 from slideseg import __version__
 from slideseg.cluster import ClusterConfig, dask_client
 from slideseg.errors import ConfigError, ModelFileError, OutputExistsError, SlideSegError
+from slideseg.formats import parse_channels, slide_stem
 from slideseg.plan import Plan, auto_tile, make_plan
 from slideseg.schedule import EngineKey, JobSpec, engine_for, feed, preload_plugin
 
@@ -53,7 +54,7 @@ class PredictConfig:
     mpp: float | None = None
     """The slide's level-0 pixel size in µm, overriding (or standing in for) its metadata."""
     channels: tuple[int, ...] | None = None
-    """Channels of the slide to feed the model, in order (None: all)."""
+    """Channels of the slide to feed the model, in order (None: all); "0,2" is accepted too."""
     series: int | None = None
     """Image series of a multi-series file (None: the main image; ambiguous files ask for one)."""
     device: str = "auto"
@@ -92,8 +93,7 @@ class PredictConfig:
             raise ConfigError(f"--level and --series must be >= 0, got {self.level} and {self.series}")
         if self.mpp is not None and not self.mpp > 0:
             raise ConfigError(f"--mpp must be > 0 µm, got {self.mpp}")
-        if self.channels is not None:
-            object.__setattr__(self, "channels", tuple(int(c) for c in self.channels))
+        object.__setattr__(self, "channels", parse_channels(self.channels))
         if self.threads is not None and self.threads < 1:
             raise ConfigError(f"--threads must be >= 1, got {self.threads}")
         if self.precision not in PRECISIONS:
@@ -197,7 +197,7 @@ def predict_many(slides: Sequence[str | os.PathLike[str]], outdir: str | os.Path
     if out.exists() and not out.is_dir():
         raise ConfigError(f"{out} is a file; with several slides -o must be a directory.")
     out.mkdir(parents=True, exist_ok=True)
-    targets = [(Path(s), out / (_stem(Path(s)) + ".zarr")) for s in slides]
+    targets = [(Path(s), out / (slide_stem(Path(s)) + ".zarr")) for s in slides]
     dupes = {t for _, t in targets if sum(t == u for _, u in targets) > 1}
     if dupes:
         raise ConfigError(f"several slides would write {sorted(map(str, dupes))[0]}; give them distinct names.")
@@ -429,8 +429,8 @@ def preview_path(output: Path, cfg: PredictConfig) -> Path:
     """Where ``--preview`` writes: ``mask.png`` beside ``mask.zarr`` (``IMAGE.NAME.png`` with --into)."""
     if cfg.into is not None:
         image = Path(cfg.into)
-        return image.parent / f"{_stem(image)}.{cfg.name}.png"
-    return output.parent / f"{_stem(output)}.png"
+        return image.parent / f"{slide_stem(image)}.{cfg.name}.png"
+    return output.parent / f"{slide_stem(output)}.png"
 
 
 def _write_preview(output: Path, slide_path: Path, cfg: PredictConfig) -> str:
@@ -478,14 +478,6 @@ def _is_complete(output: Path) -> bool:
         return output.exists() and bool(describe_mask(output)["complete"])
     except SlideSegError:
         return False
-
-
-def _stem(path: Path) -> str:
-    name = path.name
-    for suffix in (".ome.tiff", ".ome.tif", ".ome.zarr", ".tiff", ".tif", ".svs", ".ndpi", ".zarr"):
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return path.stem
 
 
 def _check_paths(slide: Path, output: Path, into: bool = False) -> None:

@@ -43,9 +43,6 @@ class LevelChoice:
     mpp: float | None
     """Pixel size of the output grid (None when unknown)."""
 
-    @property
-    def resampled(self) -> bool:
-        return self.factor != 1.0
 
 
 def choose_level(level_mpps: Sequence[float | None], model_mpp: float | None, *, level: int | None = None,

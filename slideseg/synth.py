@@ -156,13 +156,10 @@ def pyramid_shapes(size: tuple[int, int]) -> list[tuple[int, int]]:
 
 def truth_path_for(image_path: str | os.PathLike[str]) -> Path:
     """Ground-truth path beside an image: ``demo.ome.tif`` -> ``demo.truth.zarr``."""
+    from slideseg.formats import slide_stem
+
     path = Path(image_path)
-    name = path.name
-    for suffix in (".ome.tiff", ".ome.tif", ".tiff", ".tif"):
-        if name.lower().endswith(suffix):
-            name = name[: -len(suffix)]
-            break
-    return path.with_name(name + ".truth.zarr")
+    return path.with_name(slide_stem(path) + ".truth.zarr")
 
 
 def _boxes(shape: tuple[int, int], step: int) -> list[tuple[int, int, int, int]]:

@@ -102,7 +102,7 @@ def predict(
 
     cfg = PredictConfig(**_given(
         tile=tile, batch_size=batch_size, chunk=chunk, ngff=ngff, shard=shard, level=level, mpp=mpp,
-        channels=_ints(channels, "--channels"), series=series, device=device, engine=engine, precision=precision,
+        channels=channels, series=series, device=device, engine=engine, precision=precision,
         compile=compile, probabilities=probabilities, preview=preview, tissue=tissue,
         tissue_mask=str(tissue_mask) if tissue_mask else None, overwrite=overwrite, resume=resume,
         into=str(into) if into else None, name=name,
@@ -142,17 +142,6 @@ def predict(
     out.print(table)
     if any(it.error for it in items):
         raise typer.Exit(2)
-
-
-def _ints(text: str | None, option: str) -> tuple[int, ...] | None:
-    from slideseg.errors import ConfigError
-
-    if text is None:
-        return None
-    try:
-        return tuple(int(v) for v in text.split(","))
-    except ValueError:
-        raise ConfigError(f"{option} expects comma-separated channel numbers such as 0,2; got {text!r}") from None
 
 
 def _summary(result: object) -> None:
