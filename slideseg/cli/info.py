@@ -30,15 +30,8 @@ def info(
         cfg, meta = read_model_config(path)
         d: dict[str, Any] = {"kind": "model", "config": cfg.to_dict(), "metadata": meta,
                              "valid_tiles": cfg.geometry.describe_valid()}
-    elif _is_slideseg_mask(path):
-        from slideseg.write import describe_mask
-
-        d = {"kind": "mask", **describe_mask(path)}
     else:
-        from slideseg.io import open_slide
-
-        with open_slide(path, series=series) as s:
-            d = {"kind": "slide", **s.describe()}
+        d = _describe_mask_or_slide(path, series)
     if as_json:
         print(json.dumps(d, indent=2, default=str))
         return
@@ -98,14 +91,16 @@ def _summary(d: dict[str, Any]) -> dict[str, str]:
     return rows
 
 
-def _is_slideseg_mask(path: Path) -> bool:
-    for name in (".zattrs", "zarr.json"):
-        meta = path / name
-        if meta.is_file():
-            try:
-                attrs = json.loads(meta.read_text())
-            except (OSError, ValueError):
-                return False
-            attrs = attrs.get("attributes", attrs)
-            return "slideseg" in attrs
-    return False
+def _describe_mask_or_slide(path: Path, series: int | None) -> dict[str, Any]:
+    """A slideseg mask if the path is one (write.open_mask decides), else a slide."""
+    from slideseg.errors import OutputFormatError
+    from slideseg.io import open_slide
+    from slideseg.write import describe_mask
+
+    if path.is_dir():
+        try:
+            return {"kind": "mask", **describe_mask(path)}
+        except OutputFormatError:
+            pass  # a Zarr or OME-Zarr image, not a mask
+    with open_slide(path, series=series) as s:
+        return {"kind": "slide", **s.describe()}
