@@ -22,9 +22,12 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from slideseg.engines import Engine, make_engine
+from slideseg.engines.base import Engine
+from slideseg.engines.registry import make_engine
 from slideseg.engines.selection import cpu_name
-from slideseg.model import LoadedModel, UNetConfig, build_unet
+from slideseg.model.config import UNetConfig
+from slideseg.model.files import LoadedModel
+from slideseg.model.unet import build_unet
 
 VARIANTS = [  # (label, engine, precision)
     ("torch fp32", "torch", "fp32"),

@@ -20,11 +20,11 @@ from pathlib import Path
 
 import torch
 
-from slideseg.engines import make_engine
-from slideseg.io import open_slide
-from slideseg.model import load_model
+from slideseg.engines.registry import make_engine
+from slideseg.io.slide import open_slide
+from slideseg.model.files import load_model
 from slideseg.predict import PredictConfig, default_batch_size, plan_for, predict
-from slideseg.synth import SynthConfig, write_synthetic_slide
+from slideseg.tools.synth import SynthConfig, write_synthetic_slide
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import tile_batches, time_engine, untrained_model

@@ -19,12 +19,12 @@ import sys
 import time
 from pathlib import Path
 
-from slideseg.engines import load_engine
-from slideseg.plan import make_plan
+from slideseg.engines.registry import load_engine
+from slideseg.io.tissue import TissueMask
+from slideseg.plan.tiles import make_plan
 from slideseg.predict import PredictConfig, default_batch_size, predict
-from slideseg.synth import SynthConfig, write_synthetic_slide
-from slideseg.tissue import TissueMask
-from slideseg.write import open_mask
+from slideseg.tools.synth import SynthConfig, write_synthetic_slide
+from slideseg.write.mask import open_mask
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import tile_batches, time_engine, untrained_model

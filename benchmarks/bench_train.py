@@ -26,11 +26,11 @@ from typing import Any
 
 import torch
 
-from slideseg.data import load_training_data
-from slideseg.evaluate import evaluate
 from slideseg.predict import PredictConfig, predict
-from slideseg.synth import SynthConfig, write_synthetic_slide
-from slideseg.train import TrainConfig, train
+from slideseg.tools.evaluate import evaluate
+from slideseg.tools.synth import SynthConfig, write_synthetic_slide
+from slideseg.train.data import load_training_data
+from slideseg.train.loop import TrainConfig, train
 
 
 def make_data(out: Path, size: int) -> tuple[Path, Path]:

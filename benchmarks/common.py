@@ -10,10 +10,11 @@ from pathlib import Path
 import numpy as np
 
 from slideseg.engines.base import Engine
-from slideseg.io import open_slide
-from slideseg.model import UNetConfig, build_unet, save_model
-from slideseg.plan import ChunkPlan, Plan
-from slideseg.schedule import read_window
+from slideseg.io.slide import open_slide, read_window
+from slideseg.model.config import UNetConfig
+from slideseg.model.files import save_model
+from slideseg.model.unet import build_unet
+from slideseg.plan.tiles import ChunkPlan, Plan
 
 
 def untrained_model(path: Path, width: int = 16, depth: int = 4) -> Path:

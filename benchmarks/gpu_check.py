@@ -35,7 +35,9 @@ import numpy as np
 import torch
 
 from slideseg.engines.torch_engine import TorchEngine
-from slideseg.model import LoadedModel, UNetConfig, build_unet
+from slideseg.model.config import UNetConfig
+from slideseg.model.files import LoadedModel
+from slideseg.model.unet import build_unet
 
 DENSE_FP16_PEAK = [  # (substring of the device name, dense fp16/bf16 tensor TFLOP/s)
     ("H100 PCIe", 756.0), ("H100 NVL", 835.0), ("H100", 989.4), ("H200", 989.4), ("GH200", 989.4),
@@ -253,11 +255,10 @@ def engine_path() -> dict[str, Any]:
 
 def end_to_end(out: Path, size: int, width: int = 64, device: str = "cuda") -> dict[str, Any]:
     try:
-        from slideseg.io import open_slide
-        from slideseg.model import save_model
+        from slideseg.io.slide import open_slide, read_window
+        from slideseg.model.files import save_model
         from slideseg.predict import PredictConfig, plan_for, predict
-        from slideseg.schedule import read_window
-        from slideseg.synth import SynthConfig, write_synthetic_slide
+        from slideseg.tools.synth import SynthConfig, write_synthetic_slide
     except ImportError as exc:
         return {"not_run": f"predict's dependencies are not importable here ({exc})"}
     work = out / "e2e"
@@ -306,7 +307,7 @@ def _copy(m: LoadedModel) -> LoadedModel:
 
 
 def _loaded(path: Path) -> LoadedModel:
-    from slideseg.model import load_model
+    from slideseg.model.files import load_model
 
     return load_model(path)
 

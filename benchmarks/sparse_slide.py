@@ -1,6 +1,6 @@
 """Very large, mostly-empty synthetic slides for the memory and tissue benchmarks.
 
-A few round tissue islands (rendered by :func:`slideseg.synth.render_region`) on glass, written
+A few round tissue islands (rendered by :func:`slideseg.tools.synth.render_region`) on glass, written
 as an OME-Zarr 0.4 multiscale image (Zarr v2, (y, x, c), 1024-px chunks) in which only chunks that
 touch an island are stored: the glass is the fill value. A 100k x 100k slide with 0.1 % tissue
 takes seconds to write and a few MB on disk, yet reads like any other slide.
@@ -15,7 +15,7 @@ import numpy as np
 import zarr
 from numcodecs import Blosc
 
-from slideseg.synth import SynthConfig, render_region
+from slideseg.tools.synth import SynthConfig, render_region
 
 GLASS = 240
 CHUNK = 1024

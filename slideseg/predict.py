@@ -17,11 +17,20 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from slideseg import __version__
-from slideseg.cluster import ClusterConfig, dask_client
 from slideseg.errors import ConfigError, ModelFileError, OutputExistsError, SlideSegError
-from slideseg.formats import parse_channels, slide_stem
-from slideseg.plan import Plan, auto_tile, make_plan
-from slideseg.schedule import EngineKey, JobSpec, engine_for, feed, preload_plugin
+from slideseg.io.axes import parse_channels
+from slideseg.io.formats import slide_stem
+from slideseg.io.ngff import check_version
+from slideseg.io.resample import choose_level, output_shape
+from slideseg.io.slide import open_slide
+from slideseg.io.tissue import TissueMask, detect_tissue, load_tissue_mask
+from slideseg.model.files import read_model_config
+from slideseg.plan.tiles import Plan, auto_tile, make_plan
+from slideseg.schedule.cluster import ClusterConfig, dask_client
+from slideseg.schedule.tasks import EngineKey, JobSpec, engine_for, feed, preload_plugin
+from slideseg.tools.preview import write_preview
+from slideseg.write.labels import check_alignment, label_path, parent_levels
+from slideseg.write.mask import LabelClass, create_mask, describe_mask, open_mask, open_mask_writer
 
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("fp32", "fp16", "bf16")
@@ -100,7 +109,6 @@ class PredictConfig:
             raise ConfigError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if not (self.device in DEVICES or self.device.startswith("cuda:")):
             raise ConfigError(f"--device must be one of {', '.join(DEVICES)} or cuda:N, got {self.device!r}")
-        from slideseg.ngff import check_version
 
         check_version(self.ngff)
         if self.shard is not None and (self.ngff != "0.5" or self.shard % self.chunk):
@@ -139,7 +147,7 @@ class PredictResult:
 
 
 class Observer(Protocol):
-    """Receives progress; :mod:`slideseg.progress` draws it."""
+    """Receives progress; :mod:`slideseg.cli.progress` draws it."""
 
     def slide_started(self, name: str, n_chunks: int, n_pixels: int) -> None: ...
 
@@ -159,7 +167,6 @@ def predict(slide_path: str | os.PathLike[str], output: str | os.PathLike[str] |
             cluster: ClusterConfig = ClusterConfig(), observer: Observer | None = None) -> PredictResult:
     """Segment one slide into an OME-Zarr label image at ``output`` (or, with ``cfg.into``, at
     ``INTO/labels/NAME``)."""
-    from slideseg.labels import label_path
 
     cfg = _absolute_paths(cfg)
     if cfg.into is not None:
@@ -227,7 +234,6 @@ def _absolute_paths(cfg: PredictConfig) -> PredictConfig:
 
 def _with_image_version(cfg: PredictConfig) -> PredictConfig:
     """With ``--into``, the label takes the image's NGFF version (and Zarr format)."""
-    from slideseg.labels import parent_levels
 
     version = parent_levels(cfg.into or "").version
     if cfg.shard is not None and version != "0.5":
@@ -331,8 +337,6 @@ class _Source:
 
 def _source(slide_path: Path, cfg: PredictConfig, model_mpp: float | None) -> _Source:
     """Pick the level (closest to the model's mpp, not coarser) and the resampling factor."""
-    from slideseg.io import open_slide
-    from slideseg.resample import choose_level, output_shape
 
     with open_slide(slide_path, level=0, series=cfg.series, **_channels(cfg)) as slide0:
         series = slide0.series  # the one actually opened (the main image when none was asked for)
@@ -355,8 +359,6 @@ def _channels(cfg: PredictConfig) -> dict[str, Any]:
 def _open_output(output: Path, plan: Plan, mc: Any, source: _Source, attrs: dict[str, Any],
                  cfg: PredictConfig, slide_path: Path) -> tuple[Any, Any]:
     """A writer for ``output`` (new, replaced, or resumed after checks) and the tissue mask to use."""
-    from slideseg.tissue import TissueMask
-    from slideseg.write import LabelClass, create_mask, describe_mask, open_mask, open_mask_writer
 
     if output.exists() and cfg.resume:
         _check_resumable(output, attrs, describe_mask(output))
@@ -374,8 +376,6 @@ def _open_output(output: Path, plan: Plan, mc: Any, source: _Source, attrs: dict
     classes = [LabelClass(k, n, c) for k, (n, c) in enumerate(zip(mc.class_names, mc.class_colors, strict=True))]
     into = None
     if cfg.into is not None:
-        from slideseg.labels import check_alignment, parent_levels
-
         into = parent_levels(cfg.into)
         check_alignment(into, plan.shape, source.mpp)
     version = into.version if into is not None else cfg.ngff
@@ -388,8 +388,6 @@ def _open_output(output: Path, plan: Plan, mc: Any, source: _Source, attrs: dict
 
 
 def _tissue(cfg: PredictConfig, plan: Plan, source: _Source, slide_path: Path) -> Any:
-    from slideseg.tissue import detect_tissue, load_tissue_mask
-
     if cfg.tissue_mask:
         return load_tissue_mask(cfg.tissue_mask, plan.shape)
     if cfg.tissue:
@@ -434,8 +432,6 @@ def preview_path(output: Path, cfg: PredictConfig) -> Path:
 
 
 def _write_preview(output: Path, slide_path: Path, cfg: PredictConfig) -> str:
-    from slideseg.preview import write_preview
-
     png = preview_path(output, cfg)
     if png.exists() and not cfg.overwrite:
         return f"preview not written: {png} exists (pass --overwrite to replace it)."
@@ -452,8 +448,6 @@ def _engine_info(key: EngineKey) -> dict[str, Any]:
 
 
 def _engine_key(model_path: str | os.PathLike[str], cfg: PredictConfig) -> EngineKey:
-    from slideseg.model import read_model_config
-
     path = Path(model_path)
     if path.suffix == ".safetensors":
         read_model_config(path)  # fail fast, here, on a missing or foreign model file
@@ -472,8 +466,6 @@ def _wants_gpu(cfg: PredictConfig) -> bool:
 
 
 def _is_complete(output: Path) -> bool:
-    from slideseg.write import describe_mask
-
     try:
         return output.exists() and bool(describe_mask(output)["complete"])
     except SlideSegError:

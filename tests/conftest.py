@@ -28,7 +28,7 @@ def _engine_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
 
 
 class ArraySlide:
-    """An in-memory stand-in for :class:`slideseg.io.Slide` (shape + in-bounds reads)."""
+    """An in-memory stand-in for :class:`slideseg.io.slide.Slide` (shape + in-bounds reads)."""
 
     def __init__(self, pixels: np.ndarray) -> None:
         self.pixels = pixels if pixels.ndim == 3 else pixels[..., None]

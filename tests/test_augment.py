@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from slideseg.augment import (
+from slideseg.errors import ConfigError
+from slideseg.train.augment import (
     AugmentConfig,
     augment_sample,
     brightness_contrast,
@@ -14,7 +15,6 @@ from slideseg.augment import (
     stain_jitter,
     warp,
 )
-from slideseg.errors import ConfigError
 
 
 def blocks(size: int, seed: int = 0, step: int = 8) -> np.ndarray:

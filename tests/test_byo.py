@@ -14,14 +14,16 @@ import torch
 import zarr
 from typer.testing import CliRunner
 
-from slideseg.byo import measure_seam_error, parse_sidecar, sidecar_path
 from slideseg.cli import app
-from slideseg.engines import load_engine
 from slideseg.engines.cache import ENV_DIR
+from slideseg.engines.registry import load_engine
 from slideseg.errors import ConfigError, ModelFileError
-from slideseg.model import UNetConfig, build_unet
+from slideseg.model.config import UNetConfig
+from slideseg.model.external import parse_sidecar, sidecar_path
+from slideseg.model.unet import build_unet
 from slideseg.predict import PredictConfig, predict
-from slideseg.schedule import softmax
+from slideseg.schedule.chunks import softmax
+from slideseg.tools.seam import measure_seam_error
 from tests.conftest import random_rgb
 from tests.test_predict import write_tiff
 
@@ -251,7 +253,7 @@ def test_bad_sidecars_are_explained(data: dict, match: str) -> None:
 
 
 def test_cli_plan_for_a_slide_shows_the_plan_and_an_exact_valid_model(tmp_path: Path) -> None:
-    from slideseg.model import save_model
+    from slideseg.model.files import save_model
 
     cfg = UNetConfig(depth=3, width=4, classes=3)
     save_model(tmp_path / "m.safetensors", build_unet(cfg, seed=1), cfg)

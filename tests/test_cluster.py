@@ -7,9 +7,9 @@ import threading
 import numpy as np
 import pytest
 
-from slideseg.cluster import ClusterConfig, jobqueue_cluster
 from slideseg.errors import ConfigError
-from slideseg.schedule import Batcher
+from slideseg.schedule.batcher import Batcher
+from slideseg.schedule.cluster import ClusterConfig, jobqueue_cluster
 
 
 @pytest.mark.parametrize("kind", ["slurm", "pbs"])

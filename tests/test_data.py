@@ -10,8 +10,10 @@ import numpy as np
 import pytest
 import tifffile
 
-from slideseg.augment import NONE, AugmentConfig, TileSampler
-from slideseg.data import (
+from slideseg.errors import ConfigError, TrainingDataError
+from slideseg.model.config import UNetConfig
+from slideseg.train.augment import NONE, AugmentConfig, TileSampler
+from slideseg.train.data import (
     Item,
     Pair,
     TargetSpec,
@@ -25,10 +27,8 @@ from slideseg.data import (
     pair_directories,
     read_manifest,
 )
-from slideseg.errors import ConfigError, TrainingDataError
-from slideseg.evaluate import validation_tiles
-from slideseg.loader import BackgroundLoader
-from slideseg.model import UNetConfig
+from slideseg.train.loader import BackgroundLoader
+from slideseg.train.validation import validation_tiles
 from tests.conftest import ArraySlide, random_rgb
 
 
@@ -161,7 +161,7 @@ def test_class_targets_use_components_as_objects() -> None:
 
 
 def array_item(image: np.ndarray, mask: np.ndarray, name: str = "a") -> Item:
-    from slideseg.data import ArrayImage, Mask
+    from slideseg.io.images import ArrayImage, Mask
 
     return Item(name, ArrayImage(image), Mask(mask, name))
 

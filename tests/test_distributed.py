@@ -14,9 +14,11 @@ import numpy as np
 import pytest
 import zarr
 
-from slideseg.cluster import ClusterConfig
-from slideseg.model import UNetConfig, build_unet, save_model
+from slideseg.model.config import UNetConfig
+from slideseg.model.files import save_model
+from slideseg.model.unet import build_unet
 from slideseg.predict import PredictConfig, predict, predict_many
+from slideseg.schedule.cluster import ClusterConfig
 from tests.conftest import random_rgb
 from tests.test_predict import write_tiff
 from tests.test_resume import chunk_files
@@ -88,7 +90,7 @@ def test_scheduler_file_cluster_matches_single_process(tmp_path: Path, case: tup
     from distributed import Client
 
     with Client(scheduler_file=str(scheduler_file)) as c:  # both workers took part
-        counts = c.run(lambda: __import__("slideseg.schedule", fromlist=["_JOBS"])._JOBS.__len__())
+        counts = c.run(lambda: __import__("slideseg.schedule.tasks", fromlist=["_JOBS"])._JOBS.__len__())
     assert sorted(counts.values()) == [1, 1]
 
 

@@ -13,8 +13,9 @@ import pytest
 import torch
 import zarr
 
-from slideseg.engines import Engine, build_engine, load_engine, make_engine
+from slideseg.engines.base import Engine
 from slideseg.engines.cache import ENV_DIR, choice_key, read_choice
+from slideseg.engines.registry import build_engine, load_engine, make_engine
 from slideseg.engines.selection import (
     CPU_SWITCH_MARGIN,
     Backends,
@@ -24,9 +25,11 @@ from slideseg.engines.selection import (
 )
 from slideseg.engines.torch_engine import TorchEngine, run_halving_on_oom
 from slideseg.errors import ConfigError
-from slideseg.model import LoadedModel, UNetConfig, build_unet, save_model
+from slideseg.model.config import UNetConfig
+from slideseg.model.files import LoadedModel, save_model
+from slideseg.model.unet import build_unet
 from slideseg.predict import PredictConfig, predict
-from slideseg.synth import SynthConfig, write_synthetic_slide
+from slideseg.tools.synth import SynthConfig, write_synthetic_slide
 from tests.conftest import random_rgb
 
 HAS_ORT = importlib.util.find_spec("onnxruntime") is not None
@@ -158,7 +161,7 @@ class TestOnnxRuntimeEngineOnAnExportedFile(EngineContract):
 
     @classmethod
     def make(cls, model: LoadedModel) -> Engine:
-        from slideseg.export import export_onnx
+        from slideseg.engines.onnx import export_onnx
 
         return load_engine(export_onnx(model, TILE, max_batch=4), "onnxruntime", device="cpu")
 
@@ -206,8 +209,8 @@ def test_onnxruntime_and_torch_give_the_same_mask_through_predict(tmp_path: Path
 @pytest.mark.skipif(not HAS_ORT, reason="onnxruntime is not installed")
 def test_onnxruntime_probabilities_match_torch_within_1e4(tmp_path: Path) -> None:
     """The same comparison on float probabilities (the predict output above is quantised to uint8)."""
-    from slideseg.plan import make_plan
-    from slideseg.schedule import infer_chunk, softmax
+    from slideseg.plan.tiles import make_plan
+    from slideseg.schedule.chunks import infer_chunk, softmax
     from tests.conftest import ArraySlide
 
     model = tiny_model(seed=5)

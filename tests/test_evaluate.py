@@ -12,9 +12,9 @@ import zarr
 from scipy import ndimage
 
 from slideseg.errors import ConfigError
-from slideseg.evaluate import evaluate
-from slideseg.loss import separation_borders
-from slideseg.write import LabelClass, create_mask
+from slideseg.tools.evaluate import evaluate
+from slideseg.train.loss import separation_borders
+from slideseg.write.mask import LabelClass, create_mask
 
 
 def tif(path: Path, a: np.ndarray) -> Path:

@@ -15,14 +15,17 @@ from typer.testing import CliRunner
 from slideseg.cli import app
 from slideseg.engines.cache import ENV_DIR
 from slideseg.errors import ConfigError, OutputExistsError
-from slideseg.model import LoadedModel, UNetConfig, build_unet, save_model
+from slideseg.model.config import UNetConfig
+from slideseg.model.files import LoadedModel, save_model
+from slideseg.model.unet import build_unet
 from tests.test_engines import TILE, raw_batch, reference_logits, tiny_model
 
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxscript")
 ort = pytest.importorskip("onnxruntime")
 
-from slideseg import export as ex  # noqa: E402  (needs onnx)
+from slideseg.engines import onnx as ex  # noqa: E402  (needs onnx)
+from slideseg.engines.onnxruntime_engine import verify_onnx  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -73,7 +76,7 @@ def test_signature_metadata_and_precision(exports: dict[str, Path], model: Loade
 
 
 def test_fp32_export_agrees_with_torch_within_1e4(exports: dict[str, Path], model: LoadedModel) -> None:
-    assert ex.verify_onnx(exports["fp32"], model) < 1e-4
+    assert verify_onnx(exports["fp32"], model) < 1e-4
     session = ort.InferenceSession(str(exports["fp32"]), providers=["CPUExecutionProvider"])
     for n in (1, 3):  # dynamic batch
         batch = raw_batch(n, seed=n)

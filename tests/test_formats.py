@@ -1,4 +1,4 @@
-"""Tests for slideseg.formats and the format-specific paths of slideseg.io.
+"""Tests for slideseg.io.formats and the format-specific paths of slideseg.io.slide.
 
 Every input is generated here: SVS-like and NDPI-like TIFFs (which tifffile itself classifies as
 SVS and NDPI), OME-TIFF, OME-Zarr 0.4 and 0.5, plain Zarr, PNG and JPEG. Each test reads regions
@@ -21,10 +21,10 @@ import pytest
 import tifffile
 import zarr
 
-from slideseg import formats
 from slideseg.errors import ConfigError, SlideReadError
-from slideseg.formats import SeriesInfo, choose_series, image_size, ome_image, svs_mpp_and_objective
-from slideseg.io import SlideHandle, open_slide, parse_channels
+from slideseg.io import formats
+from slideseg.io.formats import SeriesInfo, choose_series, image_size, ome_image, svs_mpp_and_objective
+from slideseg.io.slide import SlideHandle, open_slide, parse_channels
 
 Source = tuple[Path, list[np.ndarray]]  # path, (Y, X, C) pixels of each level
 

@@ -1,4 +1,4 @@
-"""`slideseg.geojson`: pixel-edge polygons that rasterise back to the mask, streamed, for QuPath."""
+"""`slideseg.tools.geojson`: pixel-edge polygons that rasterise back to the mask, streamed, for QuPath."""
 
 from __future__ import annotations
 
@@ -13,11 +13,11 @@ import tifffile
 from scipy import ndimage
 from typer.testing import CliRunner
 
-import slideseg.geojson
+import slideseg.tools.geojson
 from slideseg.cli import app
 from slideseg.errors import ConfigError, OutputExistsError, OutputFormatError, SlideReadError
-from slideseg.geojson import Polygon, export_geojson, level0_scale, parse_classes, trace_polygons
-from slideseg.write import LabelClass, create_mask
+from slideseg.tools.geojson import Polygon, export_geojson, level0_scale, parse_classes, trace_polygons
+from slideseg.write.mask import LabelClass, create_mask
 
 CLASSES = (LabelClass(0, "background", (0, 0, 0, 0)), LabelClass(1, "tumour", (230, 25, 75, 255)),
            LabelClass(2, "stroma", (60, 180, 75, 255)), LabelClass(3, "fat", (0, 130, 200, 255)))
@@ -179,7 +179,7 @@ def test_parse_classes() -> None:
 
 
 def test_doctests() -> None:
-    assert doctest.testmod(slideseg.geojson).failed == 0
+    assert doctest.testmod(slideseg.tools.geojson).failed == 0
 
 
 # --------------------------------------------------------------------------------- export
@@ -262,7 +262,7 @@ def test_min_area_drops_small_regions(tmp_path: Path, mask_path: Path) -> None:
 def test_streaming_in_narrow_stripes_gives_the_same_file(tmp_path: Path, mask_path: Path,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     export_geojson(mask_path, tmp_path / "whole.geojson")
-    monkeypatch.setattr(slideseg.geojson, "STRIPE_PIXELS", 300 * 7)  # 7-row stripes
+    monkeypatch.setattr(slideseg.tools.geojson, "STRIPE_PIXELS", 300 * 7)  # 7-row stripes
     export_geojson(mask_path, tmp_path / "striped.geojson")
     whole, striped = (json.loads((tmp_path / f"{n}.geojson").read_text()) for n in ("whole", "striped"))
     shape = read_level(mask_path, 0).shape

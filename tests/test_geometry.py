@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from slideseg.errors import ConfigError
-from slideseg.geometry import Geometry
-from slideseg.model import UNetConfig, build_unet
+from slideseg.model.config import UNetConfig
+from slideseg.model.unet import build_unet
+from slideseg.plan.geometry import Geometry
 
 
 @pytest.mark.parametrize("depth", [1, 2, 3, 4])

@@ -1,4 +1,4 @@
-"""Tests for slideseg.io: every format reads back exactly what numpy slicing of the source gives."""
+"""Tests for slideseg.io.slide: every format reads back exactly what numpy slicing of the source gives."""
 
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ import pytest
 import tifffile
 import zarr
 
-from slideseg import io
 from slideseg.errors import ConfigError, SlideReadError
-from slideseg.io import LevelInfo, SlideHandle, open_slide, parse_axes, resolution_to_mpp
+from slideseg.io import slide as io_slide
+from slideseg.io.slide import LevelInfo, SlideHandle, open_slide, parse_axes, resolution_to_mpp
 
 Source = tuple[Path, list[np.ndarray]]  # path, (Y, X, C) array of each level
 
@@ -289,12 +289,12 @@ def test_newer_tifffile_api_is_used_when_present(ome_rgb: Source, monkeypatch: p
         return real_imread(files, series=series, level=level, aszarr=return_as == "zarr")
 
     monkeypatch.setattr(tifffile, "imread", imread)
-    io._tifffile_has_return_as.cache_clear()
+    io_slide._tifffile_has_return_as.cache_clear()
     try:
         with open_slide(path, level=1) as slide:
             np.testing.assert_array_equal(slide.read(5, 50, 7, 90), levels[1][5:50, 7:90])
     finally:
-        io._tifffile_has_return_as.cache_clear()
+        io_slide._tifffile_has_return_as.cache_clear()
     assert calls == [{"series": 0, "level": 1, "return_as": "zarr"}]
 
 

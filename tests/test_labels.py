@@ -9,7 +9,9 @@ import pytest
 import zarr
 
 from slideseg.errors import ConfigError
-from slideseg.model import UNetConfig, build_unet, save_model
+from slideseg.model.config import UNetConfig
+from slideseg.model.files import save_model
+from slideseg.model.unet import build_unet
 from slideseg.predict import PredictConfig, predict
 from tests.conftest import random_rgb
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from slideseg.errors import ConfigError
-from slideseg.loss import (
+from slideseg.train.loss import (
     balanced_class_weights,
     border_cutoff,
     object_distances,

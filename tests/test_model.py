@@ -11,7 +11,9 @@ import torch
 from safetensors.torch import save_file
 
 from slideseg.errors import ConfigError, ModelFileError
-from slideseg.model import UNetConfig, build_unet, load_model, read_model_config, save_model
+from slideseg.model.config import UNetConfig
+from slideseg.model.files import load_model, read_model_config, save_model
+from slideseg.model.unet import build_unet
 
 
 def test_config_round_trips_through_dict_and_json() -> None:

@@ -8,8 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from slideseg.errors import ConfigError
-from slideseg.geometry import Geometry
-from slideseg.plan import Box, auto_tile, make_plan, mirror_index, tile_origins
+from slideseg.plan.geometry import Geometry
+from slideseg.plan.tiles import Box, auto_tile, make_plan, mirror_index, tile_origins
 
 
 @st.composite

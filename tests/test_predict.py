@@ -10,7 +10,9 @@ import tifffile
 import zarr
 
 from slideseg.errors import ConfigError, ModelFileError, OutputExistsError
-from slideseg.model import LoadedModel, UNetConfig, build_unet, load_model, save_model
+from slideseg.model.config import UNetConfig
+from slideseg.model.files import LoadedModel, load_model, save_model
+from slideseg.model.unet import build_unet
 from slideseg.predict import PredictConfig, predict
 from tests.conftest import random_rgb
 from tests.test_seamless import whole_image_probabilities

@@ -10,8 +10,10 @@ import pytest
 import zarr
 
 from slideseg.errors import ConfigError
-from slideseg.io import open_slide
-from slideseg.model import UNetConfig, build_unet, save_model
+from slideseg.io.slide import open_slide
+from slideseg.model.config import UNetConfig
+from slideseg.model.files import save_model
+from slideseg.model.unet import build_unet
 from slideseg.predict import PredictConfig, predict
 from tests.test_formats import Source, fluo, ndpi, ome_zarr, svs  # noqa: F401  (fixtures)
 

@@ -1,4 +1,4 @@
-"""`slideseg.preview`: the slide thumbnail, the mask over it in its colours, and a legend."""
+"""`slideseg.tools.preview`: the slide thumbnail, the mask over it in its colours, and a legend."""
 
 from __future__ import annotations
 
@@ -12,14 +12,16 @@ import zarr
 from PIL import Image
 from typer.testing import CliRunner
 
-import slideseg.preview
+import slideseg.tools.preview
 from slideseg.cli import app
 from slideseg.errors import ConfigError, OutputExistsError, OutputFormatError, SlideReadError
-from slideseg.model import UNetConfig, build_unet, save_model
+from slideseg.model.config import UNetConfig
+from slideseg.model.files import save_model
+from slideseg.model.unet import build_unet
 from slideseg.predict import PredictConfig, predict
-from slideseg.preview import write_preview
-from slideseg.synth import SynthConfig, render_region, write_synthetic_slide
-from slideseg.write import LabelClass, create_mask
+from slideseg.tools.preview import write_preview
+from slideseg.tools.synth import SynthConfig, render_region, write_synthetic_slide
+from slideseg.write.mask import LabelClass, create_mask
 
 RED, GREEN = (230, 25, 75), (0, 200, 80)
 CLASSES = (LabelClass(0, "background", (0, 0, 0, 0)), LabelClass(1, "nucleus", (*RED, 255)),
@@ -105,7 +107,7 @@ def test_preview_of_a_real_predict_output(tmp_path: Path) -> None:
     assert (labels > 0).any()
     for value in np.unique(labels[labels > 0]):
         assert (out[:200][labels == value] == palette[int(value)]).all()  # alpha 1: pure label colour
-    thumb, _ = slideseg.preview._slide_thumbnail(slide, 0, (200, 260))
+    thumb, _ = slideseg.tools.preview._slide_thumbnail(slide, 0, (200, 260))
     assert np.array_equal(out[:200][labels == 0], thumb[labels == 0])
 
 
@@ -127,7 +129,7 @@ def test_a_slide_without_a_pyramid_is_subsampled_while_read(tmp_path: Path, monk
     image[:, :400] = (200, 40, 40)
     image[:, 400:] = (40, 40, 200)
     tifffile.imwrite(tmp_path / "flat.tif", image, tile=(64, 64), photometric="rgb")
-    monkeypatch.setattr(slideseg.preview, "_STRIP_PIXELS", 64 * 800 * 3)  # one tile row per read
+    monkeypatch.setattr(slideseg.tools.preview, "_STRIP_PIXELS", 64 * 800 * 3)  # one tile row per read
     mask = np.zeros((1200, 800), np.uint8)
     write_mask(tmp_path / "m.zarr", mask, str(tmp_path / "flat.tif"))
     result = write_preview(tmp_path / "m.zarr", tmp_path / "o.png", size=120)
@@ -163,7 +165,7 @@ def test_errors(tmp_path: Path, slide: Path) -> None:
 
 
 def test_pure_helpers() -> None:
-    assert doctest.testmod(slideseg.preview).failed == 0
+    assert doctest.testmod(slideseg.tools.preview).failed == 0
 
 
 def test_cli(tmp_path: Path, slide: Path) -> None:

@@ -12,11 +12,13 @@ import zarr
 
 from slideseg.engines.torch_engine import TorchEngine
 from slideseg.errors import ConfigError
-from slideseg.model import LoadedModel, UNetConfig, build_unet, save_model
-from slideseg.plan import make_plan
+from slideseg.io.resample import ResampledSlide, choose_level, output_shape, taps
+from slideseg.model.config import UNetConfig
+from slideseg.model.files import LoadedModel, save_model
+from slideseg.model.unet import build_unet
+from slideseg.plan.tiles import make_plan
 from slideseg.predict import PredictConfig, predict
-from slideseg.resample import ResampledSlide, choose_level, output_shape, taps
-from slideseg.schedule import infer_chunk, softmax
+from slideseg.schedule.chunks import infer_chunk, softmax
 from tests.conftest import ArraySlide, random_rgb
 
 

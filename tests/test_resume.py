@@ -14,9 +14,11 @@ import pytest
 import zarr
 
 from slideseg.errors import ConfigError, OutputExistsError
-from slideseg.model import UNetConfig, build_unet, save_model
+from slideseg.model.config import UNetConfig
+from slideseg.model.files import save_model
+from slideseg.model.unet import build_unet
 from slideseg.predict import PredictConfig, predict
-from slideseg.write import describe_mask
+from slideseg.write.mask import describe_mask
 from tests.conftest import random_rgb
 from tests.test_predict import write_tiff
 
@@ -110,7 +112,7 @@ def test_info_says_how_far_a_run_got(tmp_path: Path, slide_and_model: tuple[Path
     from typer.testing import CliRunner
 
     from slideseg.cli import app
-    from slideseg.write import open_mask_writer
+    from slideseg.write.mask import open_mask_writer
 
     slide, model = slide_and_model
     out = tmp_path / "mask.zarr"

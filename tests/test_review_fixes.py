@@ -13,10 +13,12 @@ from typer.testing import CliRunner
 
 from slideseg.cli import app
 from slideseg.errors import ConfigError
-from slideseg.model import UNetConfig, build_unet, save_model
+from slideseg.io.tissue import clean
+from slideseg.model.config import UNetConfig
+from slideseg.model.files import save_model
+from slideseg.model.unet import build_unet
 from slideseg.predict import PredictConfig, predict
-from slideseg.tissue import clean
-from slideseg.write import open_mask_writer
+from slideseg.write.mask import open_mask_writer
 from tests.conftest import random_rgb
 from tests.test_labels import write_ome_zarr_image
 from tests.test_predict import write_tiff

@@ -9,9 +9,11 @@ import pytest
 import torch
 
 from slideseg.engines.torch_engine import TorchEngine
-from slideseg.model import LoadedModel, UNetConfig, build_unet
-from slideseg.plan import make_plan
-from slideseg.schedule import infer_chunk, softmax
+from slideseg.model.config import UNetConfig
+from slideseg.model.files import LoadedModel
+from slideseg.model.unet import build_unet
+from slideseg.plan.tiles import make_plan
+from slideseg.schedule.chunks import infer_chunk, softmax
 from tests.conftest import ArraySlide, random_rgb
 
 

@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from slideseg.errors import ConfigError, OutputExistsError
-from slideseg.synth import (
+from slideseg.tools.synth import (
     SynthConfig,
     SynthResult,
     level_shape,

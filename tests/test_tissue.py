@@ -10,11 +10,13 @@ import tifffile
 import zarr
 
 from slideseg.errors import ConfigError
-from slideseg.model import UNetConfig, build_unet, save_model
-from slideseg.plan import Box
+from slideseg.io.tissue import TissueMask, classify, detect_tissue, load_tissue_mask, otsu_threshold
+from slideseg.model.config import UNetConfig
+from slideseg.model.files import save_model
+from slideseg.model.unet import build_unet
+from slideseg.plan.tiles import Box
 from slideseg.predict import PredictConfig, predict
-from slideseg.synth import SynthConfig, render_region, write_synthetic_slide
-from slideseg.tissue import TissueMask, classify, detect_tissue, load_tissue_mask, otsu_threshold
+from slideseg.tools.synth import SynthConfig, render_region, write_synthetic_slide
 
 
 def test_otsu_splits_two_populations() -> None:

@@ -13,13 +13,15 @@ import tifffile
 from typer.testing import CliRunner
 
 from slideseg.cli import app
-from slideseg.data import TrainingData, load_training_data
 from slideseg.errors import ConfigError, ModelFileError, OutputExistsError, TrainingDataError
-from slideseg.evaluate import evaluate
-from slideseg.model import UNetConfig, build_unet, load_model, read_model_config, save_model
+from slideseg.model.config import UNetConfig
+from slideseg.model.files import load_model, read_model_config, save_model
+from slideseg.model.unet import build_unet
 from slideseg.predict import PredictConfig, predict
-from slideseg.synth import SynthConfig, render_region, write_synthetic_slide
-from slideseg.train import TrainConfig, companion_paths, train
+from slideseg.tools.evaluate import evaluate
+from slideseg.tools.synth import SynthConfig, render_region, write_synthetic_slide
+from slideseg.train.data import TrainingData, load_training_data
+from slideseg.train.loop import TrainConfig, companion_paths, train
 
 TINY = {"depth": 2, "width": 8}
 FAST = TrainConfig(tile=132, optimizer="adam", lr=0.003, tiles_per_epoch=40, threads=1, workers=1, val_tiles=16)
@@ -129,9 +131,9 @@ def test_max_time_stops_cleanly_and_saves(data_root: Path, tmp_path: Path) -> No
 def test_large_slides_are_sampled_tile_by_tile(data_root: Path, tmp_path: Path,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
     """Slides above the in-memory limit: random tiles read from the files, weight maps per tile."""
-    import slideseg.data
+    import slideseg.train.data
 
-    monkeypatch.setattr(slideseg.data, "IN_MEMORY_MAX_PX", 64 * 64)
+    monkeypatch.setattr(slideseg.train.data, "IN_MEMORY_MAX_PX", 64 * 64)
     data = synth_data(data_root)
     cfg = TrainConfig(**{**FAST.to_dict(), "steps": 3, "tiles_per_epoch": 3, "val_tiles": 2,
                          "balanced_sampling": True})

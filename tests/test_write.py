@@ -1,4 +1,4 @@
-"""Tests for slideseg.write: what is written reads back, the pyramid is exact, and the output is
+"""Tests for slideseg.write.mask: what is written reads back, the pyramid is exact, and the output is
 an OME-NGFF 0.4 label image that ome-zarr-models validates and ome-zarr reads."""
 
 from __future__ import annotations
@@ -18,17 +18,9 @@ from ome_zarr.reader import Label, Multiscales, Reader
 from ome_zarr_models.v04.image import Image
 from ome_zarr_models.v04.image_label import ImageLabel
 
-from slideseg import write
 from slideseg.errors import ConfigError, OutputExistsError, OutputFormatError, SlideReadError
-from slideseg.write import (
-    LabelClass,
-    MaskWriter,
-    chunk_box,
-    create_mask,
-    describe_mask,
-    open_mask,
-    pyramid_shapes,
-)
+from slideseg.write import mask as write
+from slideseg.write.mask import LabelClass, MaskWriter, chunk_box, create_mask, describe_mask, open_mask, pyramid_shapes
 
 CLASSES = (
     LabelClass(0, "background", (0, 0, 0, 0)),

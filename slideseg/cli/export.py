@@ -39,8 +39,10 @@ def export(
     ONNX exports take raw pixels, normalise inside and return fp32 logits, whatever the precision,
     and carry the model configuration, so `predict --model FILE.onnx` needs nothing else.
     """
+    from slideseg.engines.onnx import DEFAULT_MAX_BATCH, export_onnx
+    from slideseg.engines.onnxruntime_engine import verify_onnx
+    from slideseg.engines.registry import export_tensorrt
     from slideseg.errors import ConfigError
-    from slideseg.export import DEFAULT_MAX_BATCH, export_onnx, export_tensorrt, verify_onnx
 
     if format not in FORMATS:
         raise ConfigError(f"--format must be one of {', '.join(FORMATS)}, got {format!r}")
@@ -53,7 +55,7 @@ def export(
                                 opt_level=opt_level, workspace_gib=workspace, device=device)
         out.print(f"TensorRT plan {built['plan']} ({built['cache']})")
         return
-    from slideseg.model import load_model
+    from slideseg.model.files import load_model
 
     loaded = load_model(model)
     tile = tile or _default_tile(model)
@@ -75,9 +77,9 @@ def export(
 
 def _default_tile(model: Path) -> int:
     """The tile `predict` picks for 1024-px chunks on a large slide."""
-    from slideseg.byo import is_external
     from slideseg.errors import ConfigError
-    from slideseg.model import read_model_config
+    from slideseg.model.external import is_external
+    from slideseg.model.files import read_model_config
 
     if is_external(model):
         raise ConfigError("--tile is needed for a model that is not a .safetensors file.")
@@ -111,9 +113,10 @@ def plan(
     Valid-convolution U-Nets tile exactly (error ~1e-7, float rounding). Same-padded networks need a
     halo: pick the smallest whose error you can accept, then put it in the model's sidecar JSON.
     """
-    from slideseg.byo import is_external, measure_seam_error, sample_region
-    from slideseg.engines import load_engine
+    from slideseg.engines.registry import load_engine
     from slideseg.errors import ModelFileError
+    from slideseg.model.external import is_external
+    from slideseg.tools.seam import measure_seam_error, sample_region
 
     if model == Path():
         raise ModelFileError("--model is required: the model file to plan for.")
@@ -125,7 +128,7 @@ def plan(
                               "valid_tiles": g.describe_valid()}
     image = None
     if slide is not None:
-        from slideseg.io import open_slide
+        from slideseg.io.slide import open_slide
         from slideseg.predict import PredictConfig, plan_for
 
         pcfg = PredictConfig(**_given(tile=tile, chunk=chunk))

@@ -25,7 +25,7 @@ def info(
     if not path.exists():
         raise SlideReadError(f"{path} does not exist; check the path.")
     if path.suffix == ".safetensors":
-        from slideseg.model import read_model_config
+        from slideseg.model.files import read_model_config
 
         cfg, meta = read_model_config(path)
         d: dict[str, Any] = {"kind": "model", "config": cfg.to_dict(), "metadata": meta,
@@ -94,8 +94,8 @@ def _summary(d: dict[str, Any]) -> dict[str, str]:
 def _describe_mask_or_slide(path: Path, series: int | None) -> dict[str, Any]:
     """A slideseg mask if the path is one (write.open_mask decides), else a slide."""
     from slideseg.errors import OutputFormatError
-    from slideseg.io import open_slide
-    from slideseg.write import describe_mask
+    from slideseg.io.slide import open_slide
+    from slideseg.write.mask import describe_mask
 
     if path.is_dir():
         try:

@@ -31,7 +31,9 @@ def new_model(
 ) -> None:
     """Write a He-initialised (untrained) U-Net: the start for `train`, and a model for checks."""
     from slideseg.errors import OutputExistsError
-    from slideseg.model import UNetConfig, build_unet, save_model
+    from slideseg.model.config import UNetConfig
+    from slideseg.model.files import save_model
+    from slideseg.model.unet import build_unet
 
     if output.exists() and not overwrite:
         raise OutputExistsError(f"{output} exists; pass --overwrite to replace it.")

@@ -95,10 +95,10 @@ def predict(
     an interrupted run continues with --resume. Several slides: -o names a directory, and outputs
     that are already complete are skipped.
     """
-    from slideseg.cluster import ClusterConfig
+    from slideseg.cli.progress import PredictProgress
     from slideseg.predict import PredictConfig, predict_many
     from slideseg.predict import predict as run_predict
-    from slideseg.progress import PredictProgress
+    from slideseg.schedule.cluster import ClusterConfig
 
     cfg = PredictConfig(**_given(
         tile=tile, batch_size=batch_size, chunk=chunk, ngff=ngff, shard=shard, level=level, mpp=mpp,

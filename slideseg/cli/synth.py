@@ -23,8 +23,8 @@ def synth(
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show progress.")] = True,
 ) -> None:
     """Write a synthetic H&E-like pyramidal OME-TIFF with ground-truth labels beside it."""
-    from slideseg.progress import chunk_progress
-    from slideseg.synth import SynthConfig, write_synthetic_slide
+    from slideseg.cli.progress import chunk_progress
+    from slideseg.tools.synth import SynthConfig, write_synthetic_slide
 
     cfg = SynthConfig(size=size, **_given(seed=seed, mpp=mpp, tissue_fraction=tissue_fraction))
     with chunk_progress(f"synth {output.name}", enabled=progress, console=err, unit="tiles") as start:

@@ -79,10 +79,10 @@ def train(
     progress: Annotated[bool, Opt("--progress/--no-progress", help="Show progress.")] = True,
 ) -> None:
     """Train a U-Net with the paper's weighted loss; writes the same model files predict reads."""
-    from slideseg.augment import AugmentConfig
-    from slideseg.data import load_training_data
-    from slideseg.train import TrainConfig
-    from slideseg.train import train as run_train
+    from slideseg.train.augment import AugmentConfig
+    from slideseg.train.data import load_training_data
+    from slideseg.train.loop import TrainConfig
+    from slideseg.train.loop import train as run_train
 
     aug = AugmentConfig(**_given(elastic=elastic, flips=flips, rotations=flips, stain_jitter=stain_jitter))
     cfg = TrainConfig(augment=aug, **_given(
@@ -169,7 +169,7 @@ def evaluate(
 ) -> None:
     """Per-class IoU and Dice, object precision/recall/F1 at IoU 0.5, and the merge rate of touching objects."""
     from slideseg.errors import ConfigError
-    from slideseg.evaluate import evaluate as run_evaluate
+    from slideseg.tools.evaluate import evaluate as run_evaluate
 
     if gt_kind not in ("auto", "classes", "instances"):
         raise ConfigError(f"--gt-kind must be auto, classes or instances, got {gt_kind!r}")

@@ -36,7 +36,7 @@ def export_geojson(
     Polygons follow pixel edges, so they rasterise back to the mask exactly. Tracing streams the
     mask in stripes: memory does not grow with the mask.
     """
-    from slideseg.geojson import export_geojson as run
+    from slideseg.tools.geojson import export_geojson as run
 
     result = run(mask, output, **_given(level=level, min_area=min_area, classes=classes, object_type=object_type,
                                          by_class=by_class, slide_path=slide, overwrite=overwrite))
@@ -60,7 +60,7 @@ def preview(
     overwrite: Annotated[bool | None, typer.Option("--overwrite", help="Replace an existing output.")] = None,
 ) -> None:
     """Write a PNG thumbnail of the slide with the mask in its label colours and a legend."""
-    from slideseg.preview import write_preview
+    from slideseg.tools.preview import write_preview
 
     result = write_preview(mask, output, **_given(slide_path=slide, size=size, alpha=alpha, overwrite=overwrite))
     under = f"over {result.slide} (level {result.slide_level})" if result.slide else "on white"

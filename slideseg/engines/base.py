@@ -14,8 +14,8 @@ from typing import Any, ClassVar
 import numpy as np
 
 from slideseg.errors import ConfigError, ModelFileError
-from slideseg.geometry import Geometry
-from slideseg.model import UNetConfig
+from slideseg.model.config import UNetConfig
+from slideseg.plan.geometry import Geometry
 
 PRECISIONS = ("fp32", "fp16", "bf16")
 _DEVICE_FRIENDLY = (np.uint8, np.int8, np.int16, np.int32, np.float16, np.float32)

@@ -36,12 +36,12 @@ from slideseg.engines.cache import (
     PlanKey,
     atomic_write_bytes,
     cache_dir,
-    file_sha256,
     load_or_build,
 )
+from slideseg.engines.onnx import DEFAULT_MAX_BATCH, OnnxInfo, export_onnx
+from slideseg.engines.torch_engine import resolve_device
 from slideseg.errors import ConfigError
-from slideseg.export import DEFAULT_MAX_BATCH, OnnxInfo, export_onnx
-from slideseg.model import LoadedModel
+from slideseg.model.files import LoadedModel, file_sha256
 
 TRT_HINT = ("pip install 'slideseg[gpu]' (TensorRT 10 or 11 built for your CUDA version; "
             "NVIDIA's pip wheels fetch their libraries from pypi.nvidia.com)")
@@ -150,7 +150,6 @@ class TensorRTEngine(Engine):
         self._trt = import_tensorrt()
         import torch
 
-        from slideseg.engines.torch_engine import resolve_device
 
         self.device = resolve_device("cuda" if device == "auto" else device)
         if self.device.type != "cuda":

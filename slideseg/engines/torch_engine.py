@@ -27,7 +27,7 @@ import torch
 
 from slideseg.engines.base import Engine, check_precision, normalisation, to_device_dtype
 from slideseg.errors import ConfigError
-from slideseg.model import UNetConfig
+from slideseg.model.config import UNetConfig
 
 log = logging.getLogger("slideseg.engines")
 
@@ -36,7 +36,7 @@ _AUTOCAST = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 class TorchModel(Protocol):
     """What the engine needs of a model: a module, its configuration, a hash and metadata.
-    :class:`~slideseg.model.LoadedModel` is one; so is a bring-your-own TorchScript model."""
+    :class:`~slideseg.model.files.LoadedModel` is one; so is a bring-your-own TorchScript model."""
 
     @property
     def net(self) -> torch.nn.Module: ...
@@ -88,7 +88,7 @@ def run_halving_on_oom(batch: np.ndarray, run: Callable[[np.ndarray], np.ndarray
 
 
 class TorchEngine(Engine):
-    """Runs a :class:`~slideseg.model.UNet` (or any module with the same contract) with torch.
+    """Runs a :class:`~slideseg.model.unet.UNet` (or any module with the same contract) with torch.
 
     Raw uint8/uint16 tiles go to the device as they are and are normalised there, so the host
     copies a quarter of the bytes a float32 batch would need.

@@ -16,7 +16,7 @@ union-find, so a 50k x 50k mask is never held whole.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -25,10 +25,15 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy import ndimage
 
-from slideseg.errors import ConfigError
+from slideseg.errors import ConfigError, TrainingDataError
+from slideseg.train.data import open_mask
 
 GtKind = Literal["auto", "classes", "instances"]
+
+
 U64 = NDArray[np.uint64]
+
+
 _SHIFT = np.uint64(32)
 
 
@@ -189,7 +194,6 @@ def evaluate(pred: str | Path, gt: str | Path, *, gt_kind: GtKind = "auto", bloc
     SlideReadError, TrainingDataError
         A mask cannot be read or is not a label image.
     """
-    from slideseg.data import open_mask
 
     if block < 16:
         raise ConfigError(f"block must be >= 16 px, got {block}")
@@ -208,8 +212,6 @@ def evaluate(pred: str | Path, gt: str | Path, *, gt_kind: GtKind = "auto", bloc
 
 def _evaluate(p: Any, classes_gt: Any, instances_gt: Any, pred: str | Path, gt: str | Path, block: int
               ) -> EvalResult:
-    from slideseg.errors import TrainingDataError
-
     h, w = p.shape[:2]
     if classes_gt.shape[:2] != (h, w):
         raise ConfigError(f"the prediction {pred} is {h} x {w} px but the truth {gt} is "
@@ -263,7 +265,6 @@ def _evaluate(p: Any, classes_gt: Any, instances_gt: Any, pred: str | Path, gt: 
 
 def _open_truth(path: Path, kind: GtKind) -> tuple[Any, Any]:
     """(classes reader, instances reader or None) of the truth."""
-    from slideseg.data import open_mask
 
     if path.is_dir() and kind == "auto":
         import zarr
@@ -278,8 +279,6 @@ def _open_truth(path: Path, kind: GtKind) -> tuple[Any, Any]:
 
 
 def _ids(region: np.ndarray, path: Any) -> NDArray[np.int64]:
-    from slideseg.errors import TrainingDataError
-
     a = np.asarray(region)
     if a.dtype.kind == "f":
         if (np.mod(a, 1) != 0).any() or (a < 0).any():
@@ -375,68 +374,3 @@ def _summarise(confusion: NDArray[np.int64], names: dict[int, str], objects: dic
         confusion=tuple(tuple(int(v) for v in row) for row in cm),
         foreground_iou=float(fg_tp / fg_union) if fg_union else float("nan"),
         objects=objects["objects"], merges=objects["merges"])
-
-
-# ------------------------------------------------------------------------ validation while training
-
-
-def validation_tiles(items: Sequence[Any], geometry: Any, limit: int, seed: int
-                     ) -> list[tuple[Any, int, int, int, int]]:
-    """(item, oy, ox, owned h, owned w) of the loss windows that cover each item as predict's
-    plan covers a slide (origins on the pooling grid), each owning its pixels once; a seeded
-    subset of ``limit`` tiles if there are more."""
-    from slideseg.plan import tile_origins
-
-    def spans(n: int) -> list[tuple[int, int]]:
-        o = tile_origins(0, n, geometry.output, geometry.alignment)
-        return [(a, e - a) for a, e in zip(o, [*o[1:], n], strict=True)]
-
-    jobs = [(it, oy, ox, sy, sx) for it in items for oy, sy in spans(it.shape[0]) for ox, sx in spans(it.shape[1])]
-    if len(jobs) > limit:
-        keep = np.random.default_rng([seed, 4]).choice(len(jobs), limit, replace=False)
-        jobs = [jobs[i] for i in sorted(keep)]
-    return jobs
-
-
-def validate(net: Any, sampler: Any, jobs: list[tuple[Any, int, int, int, int]], classes: int,
-             forward: Callable[[Any, int], Any], device: Any, workers: int = 2) -> dict[str, float]:
-    """Validation loss and per-class IoU/Dice (against the true classes) of ``net`` on ``jobs``.
-
-    ``forward(x, out)`` returns the (N, K, out, out) logits of the loss window for input ``x``.
-    """
-    import torch
-
-    from slideseg.loader import BackgroundLoader
-    from slideseg.loss import weighted_cross_entropy
-
-    if not jobs:
-        return {}
-    k = classes
-    confusion = np.zeros((k, k), np.int64)
-    losses = []
-    net.eval()
-    try:
-        with torch.no_grad(), BackgroundLoader(lambda j: sampler.fixed(*jobs[j][:3]), 0, len(jobs),
-                                                workers, prefetch=4) as loader:
-            for (_, _, _, sy, sx), s in zip(jobs, loader, strict=True):
-                x = torch.from_numpy(s.image[None]).to(device)  # (1, C, T, T)
-                y = torch.from_numpy(s.target[None].astype(np.int64)).to(device)  # (1, t, t)
-                logits = forward(x, y.shape[-1])  # (1, K, t, t)
-                losses.append(float(weighted_cross_entropy(logits, y, torch.from_numpy(s.weight[None]).to(device))))
-                pred = logits.argmax(1)[0].cpu().numpy()
-                owned = np.zeros(pred.shape, bool)
-                owned[:sy, :sx] = True
-                owned &= s.weight > 0
-                confusion += np.bincount(s.truth[owned].astype(np.int64) * k + pred[owned],
-                                         minlength=k * k).reshape(k, k)
-    finally:
-        net.train()
-    tp = np.diag(confusion).astype(np.float64)
-    union = confusion.sum(0) + confusion.sum(1) - tp
-    total = confusion.sum(0) + confusion.sum(1)
-    row: dict[str, float] = {"val_loss": float(np.mean(losses))}
-    for c in range(1, k):
-        row[f"val_iou_{c}"] = float(tp[c] / union[c]) if union[c] else 1.0
-        row[f"val_dice_{c}"] = float(2 * tp[c] / total[c]) if total[c] else 1.0
-    row["val_iou"] = float(np.mean([row[f"val_iou_{c}"] for c in range(1, k)]))
-    return row

@@ -1,4 +1,4 @@
-"""What kind of file a slide is and what its metadata says: helpers for :mod:`slideseg.io`.
+"""What kind of file a slide is and what its metadata says: helpers for :mod:`slideseg.io.slide`.
 
 Nothing here reads pixels. The functions take file headers, tifffile series and tags, Aperio
 ImageDescriptions, OME-XML and NGFF attributes, and return small records: the format, the pixel
@@ -21,52 +21,27 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-import numpy as np
 import tifffile
 
-from slideseg.errors import ConfigError, SlideReadError
-
-__all__ = [
-    "MAX_IN_MEMORY_PIXELS",
-    "RGB_NAMES",
-    "SUPPORTED_FORMATS",
-    "OmeImage",
-    "SeriesInfo",
-    "SourceInfo",
-    "bioformats2raw_names",
-    "choose_series",
-    "image_size",
-    "ndpi_objective",
-    "ngff_axes",
-    "ngff_channel_names",
-    "ngff_multiscales",
-    "ngff_scale",
-    "ngff_series_info",
-    "ome_image",
-    "resolution_to_mpp",
-    "sniff",
-    "svs_metadata",
-    "svs_mpp_and_objective",
-    "tiff_series_listing",
-    "tiff_source",
-    "tiff_tile",
-    "unit_to_um",
-    "zarr_codec_name",
-]
+from slideseg.errors import SlideReadError
+from slideseg.io.ngff import ngff_axes, ngff_multiscales
 
 SUPPORTED_FORMATS = (
     "OME-TIFF, SVS (Aperio), NDPI (Hamamatsu), tiled or plain TIFF, OME-Zarr (NGFF 0.4/0.5), "
     "Zarr arrays, PNG, JPEG"
 )
-"""What :func:`slideseg.io.open_slide` reads, as error messages list it."""
+"""What :func:`slideseg.io.slide.open_slide` reads, as error messages list it."""
+
 
 MAX_IN_MEMORY_PIXELS = 2**28
 """Largest image (or TIFF strip) decoded whole, in pixels (~268 MP): beyond it, use a tiled TIFF."""
+
 
 _MAGIC = {
     b"II*\x00": "tiff", b"MM\x00*": "tiff", b"II+\x00": "tiff", b"MM\x00+": "tiff",
     b"\x89PNG": "png", b"\xff\xd8\xff": "jpeg",
 }  # fmt: skip
+
 
 # Length units of OME-XML and OME-NGFF, in micrometres.
 _UM_PER_UNIT = {
@@ -76,8 +51,12 @@ _UM_PER_UNIT = {
     "cm": 1e4, "centimeter": 1e4,
     "m": 1e6, "meter": 1e6,
 }  # fmt: skip
+
+
 # TIFF ResolutionUnit -> micrometres per unit (4 and 5 are tifffile's non-standard mm and µm).
 _UM_PER_RESUNIT = {2: 25400.0, 3: 1e4, 4: 1e3, 5: 1.0}
+
+
 # Series names of the scanner's extra pictures (slide label, macro photo, thumbnail, overview).
 _ASSOCIATED = re.compile(r"\b(thumbnail|label|macro|overview|map)\b", re.IGNORECASE)
 
@@ -129,9 +108,6 @@ def _positive(value: Any) -> float | None:
     except (TypeError, ValueError):
         return None
     return v if math.isfinite(v) and v > 0 else None
-
-
-# --- scanner formats -----------------------------------------------------------------------
 
 
 def svs_metadata(description: str) -> dict[str, Any]:
@@ -213,9 +189,6 @@ def _tag(element: ET.Element) -> str:
     return element.tag.rsplit("}", 1)[-1]
 
 
-# --- PNG and JPEG headers ------------------------------------------------------------------
-
-
 def image_size(f: IO[bytes], kind: str) -> tuple[int, int] | None:
     """(H, W) of a PNG or JPEG from its header, without decoding; None if not found.
 
@@ -254,9 +227,6 @@ def _jpeg_size(f: IO[bytes]) -> tuple[int, int] | None:
             h, w = struct.unpack(">HH", frame[1:5])
             return int(h), int(w)
         f.seek(length - 2, 1)
-
-
-# --- which series ---------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -327,37 +297,6 @@ def choose_series(series: Sequence[SeriesInfo], path: Path) -> int:
         f"{path.name} has {len(series)} image series and none is clearly the slide ({why}): {listed}; "
         f"choose one with --series N (open_slide(..., series=N))"
     )
-
-
-def ngff_multiscales(attrs: Mapping[str, Any]) -> tuple[list[Any] | None, str | None]:
-    """The ``multiscales`` list of an OME-Zarr group and its NGFF version (0.5: under ``ome``).
-
-    >>> ngff_multiscales({"ome": {"version": "0.5", "multiscales": [{}]}})
-    ([{}], '0.5')
-    >>> ngff_multiscales({"multiscales": [{"version": "0.4"}]})
-    ([{'version': '0.4'}], '0.4')
-    """
-    ome = attrs.get("ome")
-    if isinstance(ome, Mapping) and ome.get("multiscales"):
-        return list(ome["multiscales"]), str(ome.get("version", "0.5"))
-    multiscales = attrs.get("multiscales")
-    if not multiscales:
-        return None, None
-    version = multiscales[0].get("version") if isinstance(multiscales[0], Mapping) else None
-    return list(multiscales), None if version is None else str(version)
-
-
-def ngff_channel_names(attrs: Mapping[str, Any]) -> tuple[str | None, ...]:
-    """Channel labels from an OME-Zarr group's ``omero`` metadata (0.4 top level, 0.5 under ``ome``)."""
-    ome = attrs.get("ome")
-    omero = (ome.get("omero") if isinstance(ome, Mapping) else None) or attrs.get("omero") or {}
-    channels = omero.get("channels") if isinstance(omero, Mapping) else None
-    if not isinstance(channels, list):
-        return ()
-    return tuple(c.get("label") if isinstance(c, Mapping) else None for c in channels)
-
-
-# --- what a TIFF series or an OME-Zarr image says ------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -446,24 +385,6 @@ def tiff_tile(page: Any) -> tuple[int, int] | None:
     return (min(rows, int(page.imagelength)), int(page.imagewidth)) if rows > 0 else None
 
 
-def ngff_axes(ms: Mapping[str, Any]) -> tuple[str, list[Mapping[str, Any]]]:
-    """tifffile-style letters of NGFF axes (a ``channel``-type axis is C) and the axis records.
-
-    >>> ngff_axes({"axes": [{"name": "c", "type": "channel"}, "y", "x"]})[0]
-    'CYX'
-    """
-    meta = [a if isinstance(a, Mapping) else {"name": a} for a in ms["axes"]]
-    return "".join("C" if a.get("type") == "channel" else str(a["name"]).upper() for a in meta), meta
-
-
-def ngff_scale(meta: Mapping[str, Any], axis: int) -> float:
-    """The ``scale`` of one axis in an NGFF ``coordinateTransformations`` list (1.0 if none)."""
-    for t in meta.get("coordinateTransformations") or ():
-        if t.get("type") == "scale" and "scale" in t:
-            return float(t["scale"][axis])
-    return 1.0
-
-
 def ngff_series_info(index: int, attrs: Mapping[str, Any], shape: Sequence[int], name: str) -> SeriesInfo:
     """The record of one image of a bioformats2raw Zarr (``shape``: its first dataset's)."""
     multiscales, _ = ngff_multiscales(attrs)
@@ -490,104 +411,6 @@ def zarr_codec_name(array: Any) -> str | None:
     name = getattr(codec, "codec_id", None) or type(codec).__name__.removesuffix("Codec").lower()
     cname = getattr(codec, "cname", None)
     return f"{name}/{getattr(cname, 'value', cname)}" if cname else str(name)
-
-
-# --------------------------------------------------------------------------------------------
-# Axes and channels
-# --------------------------------------------------------------------------------------------
-
-CHANNEL_AXES = "CSI"
-"""tifffile axis letters read as the channel axis: channel, sample (RGB), image sequence."""
-
-
-@dataclass(frozen=True)
-class AxisMap:
-    """Where Y, X and the channel axis sit in a stored array; every other axis has size 1.
-
-    >>> m = parse_axes("CYX", (3, 10, 20), "a.tif")
-    >>> m.selection(0, 2, 5, 9)
-    (slice(None, None, None), slice(0, 2, None), slice(5, 9, None))
-    >>> m.to_yxc(np.zeros((3, 2, 4))).shape
-    (2, 4, 3)
-    """
-
-    ndim: int
-    y: int
-    x: int
-    c: int | None
-
-    def selection(self, y0: int, y1: int, x0: int, x1: int, c: slice = slice(None)) -> tuple[slice | int, ...]:
-        """Index of region ``[y0:y1, x0:x1]`` (channels ``c``) in the stored array."""
-        sel: list[slice | int] = [0] * self.ndim  # size-1 axes are indexed away
-        sel[self.y], sel[self.x] = slice(y0, y1), slice(x0, x1)
-        if self.c is not None:
-            sel[self.c] = c
-        return tuple(sel)
-
-    def to_yxc(self, region: np.ndarray) -> np.ndarray:
-        """Transpose a region read with :meth:`selection` to (y, x, c)."""
-        kept = sorted(i for i in (self.y, self.x, self.c) if i is not None)
-        order = [kept.index(self.y), kept.index(self.x)]
-        if self.c is None:
-            return np.ascontiguousarray(region.transpose(order)[:, :, None])
-        return np.ascontiguousarray(region.transpose([*order, kept.index(self.c)]))
-
-    def yx(self, shape: Sequence[int]) -> tuple[int, int]:
-        """(H, W) of a stored shape."""
-        return int(shape[self.y]), int(shape[self.x])
-
-    def channels(self, shape: Sequence[int]) -> int:
-        """Number of channels of a stored shape (1 without a channel axis)."""
-        return 1 if self.c is None else int(shape[self.c])
-
-
-def parse_axes(axes: str, shape: Sequence[int], path: str | os.PathLike[str]) -> AxisMap:
-    """Locate Y, X and the channel axis in tifffile-style axis letters.
-
-    Axes other than Y and X must have size 1, except one channel axis (``C``, ``S`` or ``I``).
-    """
-    if len(axes) != len(shape) or axes.count("Y") != 1 or axes.count("X") != 1:
-        raise SlideReadError(
-            f"{path}: expected axes with one Y and one X, one letter per dimension, "
-            f"found axes {axes!r} for shape {tuple(shape)}: convert the image to OME-TIFF"
-        )
-    c: int | None = None
-    for i, (a, n) in enumerate(zip(axes, shape, strict=True)):
-        if a in "YX" or n == 1:
-            continue
-        if a not in CHANNEL_AXES or c is not None:
-            raise SlideReadError(
-                f"{path}: expected a 2-D image (axes Y, X and at most one channel axis), found "
-                f"axes {axes!r} with shape {tuple(shape)} ({a} has size {n}): export one Z plane "
-                f"or time point, with channels on one axis, as OME-TIFF first"
-            )
-        c = i
-    if c is None:  # a size-1 channel axis still counts as the channel axis
-        c = next((i for i, a in enumerate(axes) if a in CHANNEL_AXES), None)
-    return AxisMap(ndim=len(axes), y=axes.index("Y"), x=axes.index("X"), c=c)
-
-
-def parse_channels(channels: str | Sequence[int] | None) -> tuple[int, ...] | None:
-    """A channel selection as a tuple: ``"0,2"`` or ``[0, 2]`` -> ``(0, 2)``; None keeps all.
-
-    Whether the channels exist is checked when the slide is opened.
-
-    >>> parse_channels("2, 0"), parse_channels([1]), parse_channels(None)
-    ((2, 0), (1,), None)
-    """
-    if channels is None:
-        return None
-    try:
-        parts = channels.split(",") if isinstance(channels, str) else list(channels)
-        picked = tuple(int(str(c).strip()) for c in parts)
-    except (TypeError, ValueError):
-        picked = ()
-    if not picked or min(picked) < 0:
-        raise ConfigError(
-            f"channels {channels!r} is not a channel selection; expected channel numbers >= 0 "
-            f"such as '0,2' (first and third channel, in that order)"
-        )
-    return picked
 
 
 IMAGE_SUFFIXES = (".ome.tiff", ".ome.tif", ".ome.zarr", ".tiff", ".tif", ".svs", ".ndpi", ".zarr", ".png", ".jpeg",

@@ -35,8 +35,7 @@ from numcodecs import Blosc
 from zarr.codecs import BloscCodec
 
 from slideseg.errors import ConfigError, OutputExistsError, OutputFormatError, SlideReadError
-from slideseg.labels import ParentLevels, grid_boxes, prepare_labels_group, register_label, resample_nearest
-from slideseg.ngff import (
+from slideseg.io.ngff import (
     PYRAMID_STOP,
     LabelClass,
     NgffVersion,
@@ -49,6 +48,7 @@ from slideseg.ngff import (
     unwrap,
     wrap,
 )
+from slideseg.write.labels import ParentLevels, grid_boxes, prepare_labels_group, register_label, resample_nearest
 
 __all__ = [
     "PYRAMID_STOP",

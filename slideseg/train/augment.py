@@ -19,10 +19,10 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy import ndimage
 
-from slideseg.data import Item, TileGeometry, draw_origin, item_weights, window_arrays
 from slideseg.errors import ConfigError
-from slideseg.loss import TargetSpec
-from slideseg.plan import Box, mirror_index
+from slideseg.plan.tiles import Box, mirror_index
+from slideseg.train.data import Item, TileGeometry, draw_origin, item_weights, window_arrays
+from slideseg.train.loss import TargetSpec
 
 F32 = NDArray[np.float32]
 

@@ -214,7 +214,7 @@ def make_target(labels: NDArray[np.int64], spec: TargetSpec
                 ) -> tuple[NDArray[np.uint8], NDArray[np.float32], NDArray[np.uint8]]:
     """Target class ids, loss weights and the true classes (without separation borders) of a mask.
 
-    ``labels`` are checked instance or class ids (:func:`slideseg.data.check_mask_values`).
+    ``labels`` are checked instance or class ids (:func:`slideseg.train.data.check_mask_values`).
     Instance masks give two classes (background, object); with ``separation`` the pixels where two
     objects touch become background in the target (:func:`separation_borders`).
     Class masks give their ids; the weight map then sees each class's connected components as

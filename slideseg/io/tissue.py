@@ -18,7 +18,8 @@ import numpy as np
 from scipy import ndimage
 
 from slideseg.errors import ConfigError
-from slideseg.plan import Box
+from slideseg.io.slide import open_slide
+from slideseg.plan.tiles import Box
 
 THUMBNAIL_SIDE = 1024
 """Longest side of the thumbnail that tissue is detected on."""
@@ -130,7 +131,6 @@ def thumbnail(path: str | os.PathLike[str], target_shape: tuple[int, int], serie
     Reads the coarsest pyramid level that is still at least ``side`` px long (any level if none
     is), strided block by block, so memory stays bounded whatever the slide size.
     """
-    from slideseg.io import open_slide
 
     with open_slide(path, level=0, series=series, **open_kw) as level0:
         sizes = [lv.shape for lv in level0.levels]
@@ -152,7 +152,6 @@ def thumbnail(path: str | os.PathLike[str], target_shape: tuple[int, int], serie
 def load_tissue_mask(path: str | os.PathLike[str], slide_shape: tuple[int, int]) -> TissueMask:
     """A user-supplied mask (any image or Zarr that slideseg reads; non-zero = tissue), at any
     resolution with the slide's aspect ratio."""
-    from slideseg.io import open_slide
 
     with open_slide(path) as m:
         h, w = m.shape[:2]

@@ -1,5 +1,5 @@
-"""OME-NGFF metadata for slideseg's outputs, versions 0.4 (Zarr v2) and 0.5 (Zarr v3): pure
-functions that build and read the JSON, no I/O.
+"""OME-NGFF metadata, versions 0.4 (Zarr v2) and 0.5 (Zarr v3): pure functions that read the JSON of
+input images and masks and build the JSON of slideseg's outputs; no I/O.
 
 0.4 keeps ``multiscales`` and ``image-label`` at the top of the attributes, each with its own
 ``version``; 0.5 nests them under ``ome`` with one ``version`` there, and its arrays carry
@@ -138,3 +138,53 @@ def check_version(version: str) -> NgffVersion:
     if version not in VERSIONS:
         raise ConfigError(f"--ngff must be one of {', '.join(VERSIONS)}, got {version!r}")
     return version
+
+
+# --- reading other tools' images ------------------------------------------------------------
+
+
+def ngff_multiscales(attrs: Mapping[str, Any]) -> tuple[list[Any] | None, str | None]:
+    """The ``multiscales`` list of an OME-Zarr group and its NGFF version (0.5: under ``ome``).
+
+    >>> ngff_multiscales({"ome": {"version": "0.5", "multiscales": [{}]}})
+    ([{}], '0.5')
+    >>> ngff_multiscales({"multiscales": [{"version": "0.4"}]})
+    ([{'version': '0.4'}], '0.4')
+    """
+    ome = attrs.get("ome")
+    if isinstance(ome, Mapping) and ome.get("multiscales"):
+        return list(ome["multiscales"]), str(ome.get("version", "0.5"))
+    multiscales = attrs.get("multiscales")
+    if not multiscales:
+        return None, None
+    version = multiscales[0].get("version") if isinstance(multiscales[0], Mapping) else None
+    return list(multiscales), None if version is None else str(version)
+
+
+def ngff_channel_names(attrs: Mapping[str, Any]) -> tuple[str | None, ...]:
+    """Channel labels from an OME-Zarr group's ``omero`` metadata (0.4 top level, 0.5 under ``ome``)."""
+    ome = attrs.get("ome")
+    omero = (ome.get("omero") if isinstance(ome, Mapping) else None) or attrs.get("omero") or {}
+    channels = omero.get("channels") if isinstance(omero, Mapping) else None
+    if not isinstance(channels, list):
+        return ()
+    return tuple(c.get("label") if isinstance(c, Mapping) else None for c in channels)
+
+
+def ngff_axes(ms: Mapping[str, Any]) -> tuple[str, list[Mapping[str, Any]]]:
+    """tifffile-style letters of NGFF axes (a ``channel``-type axis is C) and the axis records.
+
+    >>> ngff_axes({"axes": [{"name": "c", "type": "channel"}, "y", "x"]})[0]
+    'CYX'
+    """
+    meta = [a if isinstance(a, Mapping) else {"name": a} for a in ms["axes"]]
+    return "".join("C" if a.get("type") == "channel" else str(a["name"]).upper() for a in meta), meta
+
+
+def ngff_scale(meta: Mapping[str, Any], axis: int) -> float:
+    """The ``scale`` of one axis in an NGFF ``coordinateTransformations`` list (1.0 if none)."""
+    for t in meta.get("coordinateTransformations") or ():
+        if t.get("type") == "scale" and "scale" in t:
+            return float(t["scale"][axis])
+    return 1.0
+

@@ -17,6 +17,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from slideseg.errors import ConfigError, OutputExistsError, OutputFormatError
+from slideseg.io.slide import open_slide
+from slideseg.write.mask import open_mask
 
 __all__ = ["PreviewResult", "overlay", "pick_level", "thumbnail_shape", "write_preview"]
 
@@ -72,7 +74,6 @@ def write_preview(mask_path: str | os.PathLike[str], out_png: str | os.PathLike[
     OutputExistsError, OutputFormatError, ConfigError, SlideReadError
         Existing output, not a (complete) mask, bad option, unreadable ``slide_path``.
     """
-    from slideseg.write import open_mask
 
     out = Path(out_png)
     _check_args(out, size, alpha, overwrite)
@@ -159,7 +160,6 @@ def _background(slide: Path | None, series: Any, thumb: tuple[int, int]) -> tupl
 
 def _slide_thumbnail(path: Path, series: int | None, thumb: tuple[int, int]) -> tuple[U8, int]:
     """RGB (h, w, 3) uint8 of the whole slide at ``thumb``, read from the level closest to it."""
-    from slideseg.io import open_slide
 
     with open_slide(path, level=0, series=series) as slide0:
         level = pick_level([info.shape for info in slide0.levels], thumb)

@@ -4,7 +4,7 @@ checkpoints (the same ``.safetensors`` model files that ``predict`` reads).
 Training shares predict's geometry: a valid-convolution U-Net trains on a large input tile with the
 loss on its output window, output origins on the pooling grid, and pixels beyond the image made by
 the model's mirror mode (:func:`slideseg.plan.mirror_index`). The loss is the paper's weighted
-pixel-wise cross-entropy (:mod:`slideseg.loss`).
+pixel-wise cross-entropy (:mod:`slideseg.train.loss`).
 
 Files beside ``-o model.safetensors``:
 
@@ -30,8 +30,14 @@ from typing import Any, Literal
 
 import numpy as np
 
-from slideseg.augment import AugmentConfig, Sample, TileSampler
-from slideseg.data import (
+from slideseg import __version__
+from slideseg.engines.torch_engine import resolve_device
+from slideseg.errors import ConfigError, ModelFileError, OutputExistsError
+from slideseg.model.config import UNetConfig
+from slideseg.model.files import load_model, read_model_config, save_model
+from slideseg.model.unet import build_unet
+from slideseg.train.augment import AugmentConfig, Sample, TileSampler
+from slideseg.train.data import (
     MASK_KINDS,
     Statistics,
     TargetSpec,
@@ -40,10 +46,9 @@ from slideseg.data import (
     estimate_statistics,
     load_cache,
 )
-from slideseg.errors import ConfigError, ModelFileError, OutputExistsError
-from slideseg.evaluate import validate, validation_tiles
-from slideseg.loader import BackgroundLoader
-from slideseg.model import UNetConfig
+from slideseg.train.loader import BackgroundLoader
+from slideseg.train.loss import balanced_class_weights, weighted_cross_entropy
+from slideseg.train.validation import validate, validation_tiles
 
 ARCH_FIELDS = ("depth", "width", "in_channels", "classes", "padding", "halo")
 """UNetConfig fields that fix the weights' shapes: a resumed run must keep them."""
@@ -213,7 +218,7 @@ def train(data: TrainingData, output: str | Path, cfg: TrainConfig = TrainConfig
     Parameters
     ----------
     data
-        From :func:`slideseg.data.load_training_data`.
+        From :func:`slideseg.train.data.load_training_data`.
     output
         The model file to write (``.safetensors``); companions go beside it (:func:`companion_paths`).
     init
@@ -233,7 +238,6 @@ def train(data: TrainingData, output: str | Path, cfg: TrainConfig = TrainConfig
     """
     import torch
 
-    from slideseg.engines.torch_engine import resolve_device
 
     output = Path(output)
     paths = companion_paths(output)
@@ -343,7 +347,6 @@ def _run(data: TrainingData, output: Path, cfg: TrainConfig, paths: Mapping[str,
 def _prepare_model(data: TrainingData, stats: Statistics, cfg: TrainConfig, init: str | Path | None,
                    arch: Mapping[str, Any] | None, state: Mapping[str, Any] | None) -> tuple[Any, UNetConfig, Any]:
     """The network to train and its config: resumed, loaded from ``init``, or new from ``arch``."""
-    from slideseg.model import build_unet, load_model
 
     classes_in_data = max(2, len(stats.class_counts))
     if state is not None:
@@ -389,8 +392,6 @@ def _prepare_model(data: TrainingData, stats: Statistics, cfg: TrainConfig, init
 
 def _wanted_arch(init: str | Path | None, arch: Mapping[str, Any] | None) -> dict[str, Any]:
     if init is not None:
-        from slideseg.model import read_model_config
-
         cfg, _ = read_model_config(init)
         return {k: getattr(cfg, k) for k in ARCH_FIELDS}
     return {k: v for k, v in (arch or {}).items() if k in ARCH_FIELDS}
@@ -404,8 +405,6 @@ def _tile_geometry(mcfg: UNetConfig, cfg: TrainConfig) -> TileGeometry:
 
 
 def _target_spec(data: TrainingData, mcfg: UNetConfig, stats: Statistics, cfg: TrainConfig) -> TargetSpec:
-    from slideseg.loss import balanced_class_weights
-
     counts = list(stats.class_counts) + [0] * (mcfg.classes - len(stats.class_counts))
     weights = balanced_class_weights(counts) if cfg.class_balance else tuple(1.0 for _ in counts)
     return TargetSpec(data.kind, mcfg.classes, cfg.loss == "weighted", cfg.w0, cfg.sigma, weights,
@@ -464,7 +463,6 @@ def _step(net: Any, optimizer: Any, scaler: Any, amp_dtype: Any, batch: list[Sam
           step: int, total: int, device: Any) -> float:
     import torch
 
-    from slideseg.loss import weighted_cross_entropy
 
     for group in optimizer.param_groups:
         group["lr"] = cfg.lr_at(step, total)
@@ -523,8 +521,6 @@ def _check_outputs(output: Path, paths: Mapping[str, Path], resume: bool, overwr
 def _save(net: Any, mcfg: UNetConfig, meta: Mapping[str, Any], output: Path, paths: Mapping[str, Path],
           as_output: bool) -> str:
     """Write the last model (and ``output`` if ``as_output``); return the weights' hash."""
-    from slideseg import __version__
-    from slideseg.model import save_model
 
     meta = {**meta, "slideseg_version": __version__}
     digest = save_model(paths["last"], net, mcfg, meta)

@@ -1,4 +1,4 @@
-"""Export a U-Net to ONNX (and pre-build TensorRT plans from it).
+"""ONNX files: export a U-Net to ONNX, and read what an ONNX file is (its slideseg metadata or sidecar).
 
 The exported graph is self-contained: it takes *raw* float32 pixels ``(N, C, T, T)`` named
 ``pixels``, normalises them in fp32, casts to the export precision (fp32, fp16 or bf16), runs the
@@ -26,16 +26,28 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from slideseg import __version__
-from slideseg.engines.base import check_precision
+from slideseg.engines.base import check_precision, normalisation
 from slideseg.engines.cache import EngineBuildError, atomic_write_bytes, cache_dir, onnx_filename
 from slideseg.errors import ConfigError, ModelFileError, OutputExistsError
-from slideseg.model import LoadedModel, UNetConfig
+from slideseg.model.config import UNetConfig
+from slideseg.model.external import _need_sidecar, read_sidecar, sidecar_path
+from slideseg.model.files import LoadedModel, cpu_copy, file_sha256
 
 INPUT_NAME = "pixels"
+
+
 OUTPUT_NAME = "logits"
+
+
 META_KEY = "slideseg.export"
+
+
 DEFAULT_MAX_BATCH = 8
+
+
 ONNX_HINT = "pip install 'slideseg[onnx]'"
 
 
@@ -102,11 +114,10 @@ def exportable_module(model: LoadedModel, precision: str) -> Any:
     """
     import torch
 
-    from slideseg.engines.base import normalisation
 
     dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
     mean, std = normalisation(model.config)
-    net = _cpu_model(model).net
+    net = cpu_copy(model).net
 
     class Normalised(torch.nn.Module):
         mean: torch.Tensor
@@ -165,33 +176,6 @@ def _quiet_exporter() -> Iterator[None]:
     finally:
         for name, logger in loggers.items():
             logger.setLevel(levels[name])
-
-
-def verify_onnx(path: str | os.PathLike[str], model: LoadedModel, *, batch: int = 2, seed: int = 0) -> float:
-    """Max |logit difference| between the ONNX file run by ONNX Runtime (CPU) and the PyTorch CPU
-    engine on a random batch of raw pixels (fp32 exports agree within ~1e-5)."""
-    import numpy as np
-
-    from slideseg.engines.onnxruntime_engine import OnnxRuntimeEngine
-    from slideseg.engines.torch_engine import TorchEngine
-
-    info = read_onnx_info(path)
-    if info is None or info.tile is None:
-        raise ModelFileError(f"{path} is not a slideseg export; verify_onnx compares exports with their model.")
-    rng = np.random.default_rng(seed)
-    pixels = rng.integers(0, 256, (batch, info.config.in_channels, info.tile, info.tile), dtype=np.uint8)
-    got = OnnxRuntimeEngine.for_file(path, info, device="cpu").infer(pixels)
-    want = TorchEngine(_cpu_model(model), device="cpu").infer(pixels)
-    return float(np.abs(got - want).max())
-
-
-def _cpu_model(model: LoadedModel) -> LoadedModel:
-    """A copy of ``model`` on the CPU (engines move and re-lay-out the network they are given)."""
-    from slideseg.model import build_unet
-
-    net = build_unet(model.config)
-    net.load_state_dict({k: v.detach().cpu() for k, v in model.net.state_dict().items()})
-    return LoadedModel(net.eval(), model.config, model.weights_sha256, model.metadata, model.path)
 
 
 def read_onnx_info(path: str | os.PathLike[str]) -> OnnxInfo | None:
@@ -254,24 +238,46 @@ def _torch_version() -> str:
     return str(torch.__version__)
 
 
-# --------------------------------------------------------------------------------------------
-# TensorRT pre-build
-# --------------------------------------------------------------------------------------------
+def onnx_info(path: Path) -> Any:
+    """The :class:`OnnxInfo` of an ONNX file: its slideseg metadata, its sidecar, or both."""
+
+    info = read_onnx_info(path)
+    side = sidecar_path(path)
+    if info is not None:
+        if side is None:
+            return info
+        cfg, extras = read_sidecar(side, base=info.config)
+        return OnnxInfo(cfg, info.weights_sha256, info.tile, info.max_batch, info.precision,
+                        info.normalised_in_graph, info.input_name, info.output_name,
+                        {**info.metadata, "sidecar": str(side)})
+    if side is None:
+        raise _need_sidecar(path)
+    cfg, extras = read_sidecar(side)
+    tile, batch, input_name, output_name = _onnx_signature(path)
+    metadata = {"external": {"format": "onnx", "path": str(path), "sidecar": str(side)},
+                "trained": extras["trained"]}
+    return OnnxInfo(cfg, file_sha256(path), tile, batch, None, extras["normalised_in_model"],
+                    extras["input"] or input_name, extras["output"] or output_name, metadata)
 
 
-def export_tensorrt(model_path: str | os.PathLike[str], *, tile: int | None, max_batch: int = DEFAULT_MAX_BATCH,
-                    precision: str = "fp32", opt_level: int = 3, workspace_gib: float = 4.0,
-                    device: str = "cuda") -> dict[str, Any]:
-    """Build (or find in the cache) the TensorRT plan for a model file and return what was built.
+def _onnx_signature(path: Path) -> tuple[int | None, int | None, str, str]:
+    """(fixed tile or None, fixed batch or None, input name, first output name) of an ONNX graph."""
+    import onnx
 
-    ``model_path`` is a ``.safetensors`` model (exported to ONNX first) or an ONNX file.
-    """
-    from slideseg.engines import load_engine
-
-    engine = load_engine(model_path, "tensorrt", device=device, precision=precision, max_batch=max_batch,
-                         opt_level=opt_level, workspace_gib=workspace_gib)
-    tile = tile or engine.fixed_tile
-    if tile is None:
-        raise ConfigError("--tile is needed to build a TensorRT plan (plans have a fixed tile size).")
-    prepare = engine.prepare  # type: ignore[attr-defined]
-    return dict(prepare(tile))
+    try:
+        graph = onnx.load(str(path), load_external_data=False).graph
+    except Exception as exc:
+        raise ModelFileError(f"{path} is not a readable ONNX file ({str(exc).splitlines()[0]}).") from exc
+    initialisers = {i.name for i in graph.initializer}
+    inputs = [i for i in graph.input if i.name not in initialisers]
+    if len(inputs) != 1 or not graph.output:
+        raise ModelFileError(f"{path} has {len(inputs)} image inputs; slideseg runs models with one input "
+                             "(N, C, H, W) and one logits output (N, K, h, w).")
+    dims = [d.dim_value if d.HasField("dim_value") else None for d in inputs[0].type.tensor_type.shape.dim]
+    if len(dims) != 4:
+        raise ModelFileError(f"{path}: its input has {len(dims)} dimensions; expected (N, C, H, W).")
+    h, w = dims[2], dims[3]
+    if (h is None) != (w is None) or (h is not None and h != w):
+        raise ModelFileError(f"{path}: its input is {h} x {w}; slideseg needs square tiles (both fixed and equal, "
+                             "or both dynamic).")
+    return h, dims[0], inputs[0].name, graph.output[0].name

@@ -19,7 +19,7 @@ import numpy as np
 import zarr
 
 from slideseg.errors import ConfigError
-from slideseg.ngff import NgffVersion, unwrap
+from slideseg.io.ngff import NgffVersion, unwrap
 
 LABELS = "labels"
 

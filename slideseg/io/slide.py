@@ -5,7 +5,7 @@ tifffile's Zarr store for TIFF-based formats (OME-TIFF, SVS, NDPI, tiled TIFF), 
 for (OME-)Zarr, and an in-memory array for small PNG/JPEG images. A region read decodes only the
 tiles it touches and comes back as ``(y, x, c)``, whatever the axis order on disk; alpha is
 dropped and ``channels=`` picks and orders the channels. What the metadata says (format, pixel
-size, objective, series) is parsed by :mod:`slideseg.formats`.
+size, objective, series) is parsed by :mod:`slideseg.io.formats`.
 
 >>> with open_slide("slide.svs", channels=(0, 2)) as slide:  # doctest: +SKIP
 ...     region = slide.read(0, 512, 1024, 1536)   # (512, 512, 2)
@@ -26,9 +26,11 @@ import numpy as np
 import tifffile
 import zarr
 
-from slideseg import formats
 from slideseg.errors import ConfigError, SlideReadError
-from slideseg.formats import AxisMap, SeriesInfo, SourceInfo, parse_axes, parse_channels, resolution_to_mpp, unit_to_um
+from slideseg.io import formats, ngff
+from slideseg.io.axes import AxisMap, parse_axes, parse_channels
+from slideseg.io.formats import SeriesInfo, SourceInfo, resolution_to_mpp, unit_to_um
+from slideseg.plan.tiles import Box, MirrorMode, mirror_index
 
 __all__ = [
     "LevelInfo", "Slide", "SlideHandle", "SourceInfo", "open_slide", "parse_channels", "resolution_to_mpp",
@@ -228,7 +230,7 @@ def open_slide(
 
     Reads OME-TIFF, SVS, NDPI, tiled or plain TIFF (recognised by content, whatever the name),
     OME-Zarr 0.4/0.5 images and plain Zarr arrays (directories), and PNG/JPEG (decoded whole,
-    up to :data:`slideseg.formats.MAX_IN_MEMORY_PIXELS`).
+    up to :data:`slideseg.io.formats.MAX_IN_MEMORY_PIXELS`).
 
     Parameters
     ----------
@@ -238,7 +240,7 @@ def open_slide(
         Resolution level: 0 is full resolution.
     series
         Image series in the file (TIFF), or image in a bioformats2raw Zarr. None chooses by the
-        rule of :func:`slideseg.formats.choose_series`: never a label, macro or thumbnail; the
+        rule of :func:`slideseg.io.formats.choose_series`: never a label, macro or thumbnail; the
         only image, or else the only pyramidal one; otherwise an error listing the series.
     channels
         Channels to return, in this order, counted after alpha is dropped (``(0, 2)`` or
@@ -444,32 +446,32 @@ def _ome_zarr_slide(
 ) -> Slide:  # fmt: skip
     """An OME-NGFF 0.4 (attributes at top level) or 0.5 (under ``ome``) multiscale image."""
     attrs: dict[str, Any] = dict(group.attrs)
-    multiscales, version = formats.ngff_multiscales(attrs)
+    multiscales, version = ngff.ngff_multiscales(attrs)
     if not multiscales:
         raise SlideReadError(
             f"{path} is a Zarr group without OME-NGFF 'multiscales' metadata; expected a Zarr "
             f"array or an OME-Zarr image: pass the path of the image array or group"
         )
     ms = multiscales[0]
-    axes, axes_meta = formats.ngff_axes(ms)
+    axes, axes_meta = ngff.ngff_axes(ms)
     datasets = ms["datasets"]
     arrays = [_ngff_level(group, d["path"], path) for d in datasets]
     maps = [parse_axes(axes, a.shape, path) for a in arrays]
     sizes = [m.yx(a.shape) for a, m in zip(arrays, maps, strict=True)]
     tiles = [m.yx(a.chunks) for a, m in zip(arrays, maps, strict=True)]
     x_unit = axes_meta[maps[0].x].get("unit")
-    mpps = [unit_to_um(formats.ngff_scale(d, m.x) * formats.ngff_scale(ms, m.x), x_unit)
+    mpps = [unit_to_um(ngff.ngff_scale(d, m.x) * ngff.ngff_scale(ms, m.x), x_unit)
             for d, m in zip(datasets, maps, strict=True)]  # fmt: skip  # each dataset's own scale
     infos = tuple(replace(i, mpp=mpp) for i, mpp in zip(level_infos(sizes, tiles), mpps, strict=True))
     _check_index("level", level, [_yx_text(info.shape) for info in infos], path)
     listing = listing or (SeriesInfo.make(0, str(ms.get("name") or ""), arrays[0].shape, axes, len(arrays)),)
-    source = SourceInfo("ome-zarr", mpps[0], None, formats.ngff_channel_names(attrs), (),
+    source = SourceInfo("ome-zarr", mpps[0], None, ngff.ngff_channel_names(attrs), (),
                         formats.zarr_codec_name(arrays[level]), listing, version)  # fmt: skip
     return Slide(path, level, series, arrays[level], maps[level], infos, source, channels)
 
 
 def _first_dataset_shape(group: zarr.Group) -> tuple[int, ...]:
-    multiscales, _ = formats.ngff_multiscales(dict(group.attrs))
+    multiscales, _ = ngff.ngff_multiscales(dict(group.attrs))
     first = group.get(multiscales[0]["datasets"][0]["path"]) if multiscales else None
     return tuple(first.shape) if isinstance(first, zarr.Array) else ()
 
@@ -515,4 +517,17 @@ def level_infos(
 
 def _yx_text(yx: tuple[int, int]) -> str:
     return f"{yx[0]}x{yx[1]}"
+
+
+
+def read_window(slide: Any, window: Box, mode: MirrorMode) -> np.ndarray:
+    """The pixels of ``window`` (Y, X, C), mirrored where it leaves the slide; one slide read."""
+    h, w = slide.shape[:2]
+    iy = mirror_index(np.arange(window.y0, window.y1), h, mode)
+    ix = mirror_index(np.arange(window.x0, window.x1), w, mode)
+    y0, y1, x0, x1 = int(iy.min()), int(iy.max()) + 1, int(ix.min()), int(ix.max()) + 1
+    region = slide.read(y0, y1, x0, x1)
+    if window == Box(y0, y1, x0, x1):  # entirely inside the slide: no mirroring needed
+        return region
+    return region[np.ix_(iy - y0, ix - x0)]
 

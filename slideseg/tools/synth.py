@@ -28,7 +28,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from numpy.typing import NDArray
 
+from slideseg import __version__
 from slideseg.errors import ConfigError, OutputExistsError
+from slideseg.io.formats import slide_stem
 
 if TYPE_CHECKING:
     import os
@@ -156,7 +158,6 @@ def pyramid_shapes(size: tuple[int, int]) -> list[tuple[int, int]]:
 
 def truth_path_for(image_path: str | os.PathLike[str]) -> Path:
     """Ground-truth path beside an image: ``demo.ome.tif`` -> ``demo.truth.zarr``."""
-    from slideseg.formats import slide_stem
 
     path = Path(image_path)
     return path.with_name(slide_stem(path) + ".truth.zarr")
@@ -490,7 +491,6 @@ def _write_truth(path: Path, cfg: SynthConfig, step: Callable[[], None]) -> floa
     import zarr
     from zarr.codecs import ZstdCodec
 
-    from slideseg import __version__
 
     group = zarr.open_group(path, mode="w-", zarr_format=3)
     group.attrs.update({"slideseg_synth": cfg.to_dict(), "mpp": cfg.mpp,

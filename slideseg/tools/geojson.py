@@ -1,6 +1,6 @@
 """Mask → GeoJSON: one polygon per connected region of each class, holes kept, for QuPath.
 
-Polygons come from :mod:`slideseg.trace` (pixel edges, so they rasterise back to the mask exactly;
+Polygons come from :mod:`slideseg.tools.trace` (pixel edges, so they rasterise back to the mask exactly;
 streamed in stripes, so memory stays flat), are scaled to slide level-0 pixels and written as a
 ``FeatureCollection`` as QuPath imports it (``objectType``, ``classification`` name and colour).
 """
@@ -20,7 +20,9 @@ from typing import IO, Any
 import numpy as np
 
 from slideseg.errors import ConfigError, OutputExistsError, OutputFormatError
-from slideseg.trace import Polygon, iter_polygons, trace_polygons
+from slideseg.io.slide import open_slide
+from slideseg.tools.trace import Polygon, iter_polygons, trace_polygons
+from slideseg.write.mask import open_mask
 
 __all__ = [
     "OBJECT_TYPES",
@@ -102,7 +104,6 @@ def export_geojson(mask_path: str | os.PathLike[str], output: str | os.PathLike[
         Existing output, not a (complete) mask, bad option, unreadable slide.
     """
     t0 = time.perf_counter()
-    from slideseg.write import open_mask
 
     out = Path(output)
     _check_args(out, overwrite, min_area, object_type)
@@ -156,7 +157,6 @@ def level0_scale(mask_shape: tuple[int, ...], source: Mapping[str, Any],
     tifffile-written pyramids are), read from ``slide_path`` or the recorded ``source['path']``;
     if neither can be opened, 2**level * resample_factor is assumed, and said.
     """
-    from slideseg.io import open_slide
 
     level, resample = int(source.get("level", 0)), float(source.get("resample_factor", 1.0))
     if slide_path is None and level == 0 and resample == 1.0:
