@@ -20,7 +20,7 @@ from slideseg import __version__
 from slideseg.errors import ConfigError, ModelFileError, OutputExistsError, SlideSegError
 from slideseg.io.axes import parse_channels
 from slideseg.io.formats import slide_stem
-from slideseg.io.ngff import check_version
+from slideseg.io.ngff import LabelClass, check_version
 from slideseg.io.resample import choose_level, output_shape
 from slideseg.io.slide import open_slide
 from slideseg.io.tissue import TissueMask, detect_tissue, load_tissue_mask
@@ -30,7 +30,7 @@ from slideseg.schedule.cluster import ClusterConfig, dask_client
 from slideseg.schedule.tasks import EngineKey, JobSpec, engine_for, feed, preload_plugin
 from slideseg.tools.preview import write_preview
 from slideseg.write.labels import check_alignment, label_path, parent_levels
-from slideseg.write.mask import LabelClass, create_mask, describe_mask, open_mask, open_mask_writer
+from slideseg.write.mask import create_mask, describe_mask, open_mask, open_mask_writer
 
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("fp32", "fp16", "bf16")

@@ -12,9 +12,10 @@ import zarr
 from scipy import ndimage
 
 from slideseg.errors import ConfigError
+from slideseg.io.ngff import LabelClass
 from slideseg.tools.evaluate import evaluate
 from slideseg.train.loss import separation_borders
-from slideseg.write.mask import LabelClass, create_mask
+from slideseg.write.mask import create_mask
 
 
 def tif(path: Path, a: np.ndarray) -> Path:

@@ -16,8 +16,9 @@ from typer.testing import CliRunner
 import slideseg.tools.geojson
 from slideseg.cli import app
 from slideseg.errors import ConfigError, OutputExistsError, OutputFormatError, SlideReadError
+from slideseg.io.ngff import LabelClass
 from slideseg.tools.geojson import Polygon, export_geojson, level0_scale, parse_classes, trace_polygons
-from slideseg.write.mask import LabelClass, create_mask
+from slideseg.write.mask import create_mask
 
 CLASSES = (LabelClass(0, "background", (0, 0, 0, 0)), LabelClass(1, "tumour", (230, 25, 75, 255)),
            LabelClass(2, "stroma", (60, 180, 75, 255)), LabelClass(3, "fat", (0, 130, 200, 255)))

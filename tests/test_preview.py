@@ -15,13 +15,14 @@ from typer.testing import CliRunner
 import slideseg.tools.preview
 from slideseg.cli import app
 from slideseg.errors import ConfigError, OutputExistsError, OutputFormatError, SlideReadError
+from slideseg.io.ngff import LabelClass
 from slideseg.model.config import UNetConfig
 from slideseg.model.files import save_model
 from slideseg.model.unet import build_unet
 from slideseg.predict import PredictConfig, predict
 from slideseg.tools.preview import write_preview
 from slideseg.tools.synth import SynthConfig, render_region, write_synthetic_slide
-from slideseg.write.mask import LabelClass, create_mask
+from slideseg.write.mask import create_mask
 
 RED, GREEN = (230, 25, 75), (0, 200, 80)
 CLASSES = (LabelClass(0, "background", (0, 0, 0, 0)), LabelClass(1, "nucleus", (*RED, 255)),

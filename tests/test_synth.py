@@ -14,12 +14,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from slideseg.errors import ConfigError, OutputExistsError
+from slideseg.plan.tiles import level_shape, pyramid_shapes
 from slideseg.tools.synth import (
     SynthConfig,
     SynthResult,
-    level_shape,
     measure_tissue_fraction,
-    pyramid_shapes,
     render_labels,
     render_region,
     truth_path_for,

@@ -19,8 +19,10 @@ from ome_zarr_models.v04.image import Image
 from ome_zarr_models.v04.image_label import ImageLabel
 
 from slideseg.errors import ConfigError, OutputExistsError, OutputFormatError, SlideReadError
+from slideseg.io.ngff import LabelClass
+from slideseg.plan.tiles import grid_box, pyramid_shapes
 from slideseg.write import mask as write
-from slideseg.write.mask import LabelClass, MaskWriter, chunk_box, create_mask, describe_mask, open_mask, pyramid_shapes
+from slideseg.write.mask import MaskWriter, create_mask, describe_mask, open_mask
 
 CLASSES = (
     LabelClass(0, "background", (0, 0, 0, 0)),
@@ -39,7 +41,7 @@ def _fill(writer: MaskWriter, seed: int = 0, probabilities: bool = False) -> tup
     probs = rng.integers(0, 256, (writer.n_classes, h, w), dtype=np.uint8)
 
     def write(ij: tuple[int, int]) -> None:
-        y0, y1, x0, x1 = chunk_box(*ij, writer.shape, writer.chunk)
+        y0, y1, x0, x1 = grid_box(*ij, writer.shape, writer.chunk)
         p = probs[:, y0:y1, x0:x1] if probabilities else None
         writer.write_chunk(*ij, ids[y0:y1, x0:x1], p)
 
@@ -291,7 +293,7 @@ def writer(tmp_path: Path) -> MaskWriter:
         (0, 0, np.zeros((16, 15), np.uint8), r"shape \(16, 16\); got uint8 \(16, 15\)"),
         (2, 3, np.zeros((16, 16), np.uint8), r"shape \(8, 12\)"),  # edge chunks are clipped
         (0, 0, np.zeros((16, 16), np.int64), r"must be a uint8 array .*got int64"),
-        (3, 0, np.zeros((16, 16), np.uint8), r"outside the 3 x 4 chunk grid"),
+        (3, 0, np.zeros((16, 16), np.uint8), r"outside the 3 x 4 grid"),
     ],
 )
 def test_write_chunk_rejects_wrong_blocks(writer: MaskWriter, iy: int, ix: int, ids: np.ndarray, match: str) -> None:

@@ -8,8 +8,7 @@ input images and masks and build the JSON of slideseg's outputs; no I/O.
 
 from __future__ import annotations
 
-import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -17,8 +16,6 @@ from slideseg.errors import ConfigError
 
 NgffVersion = Literal["0.4", "0.5"]
 VERSIONS: tuple[NgffVersion, ...] = ("0.4", "0.5")
-PYRAMID_STOP = 1024
-"""The pyramid ends at the first level whose longer side is at most this many pixels."""
 
 
 @dataclass(frozen=True)
@@ -42,42 +39,6 @@ class LabelClass:
                 f"class {self.name!r} has colour {self.rgba}; expected four integers 0-255 "
                 f"(r, g, b, a): fix the class colour"
             )
-
-
-def pyramid_shapes(shape: tuple[int, int], stop: int = PYRAMID_STOP) -> list[tuple[int, int]]:
-    """Shapes of the x2 pyramid, down to the first level whose longer side is <= ``stop``.
-
-    >>> pyramid_shapes((1000, 1500))
-    [(1000, 1500), (500, 750)]
-    >>> pyramid_shapes((5, 3000), stop=1000)
-    [(5, 3000), (3, 1500), (2, 750)]
-    """
-    shapes = [shape]
-    while max(shapes[-1]) > stop:
-        h, w = shapes[-1]
-        shapes.append(((h + 1) // 2, (w + 1) // 2))
-    return shapes
-
-
-def chunk_box(iy: int, ix: int, shape: tuple[int, int], chunk: int) -> tuple[int, int, int, int]:
-    """``(y0, y1, x0, x1)`` of chunk ``(iy, ix)`` of an array, clipped to the array.
-
-    >>> chunk_box(1, 1, (300, 500), 256)
-    (256, 300, 256, 500)
-    """
-    ny, nx = math.ceil(shape[0] / chunk), math.ceil(shape[1] / chunk)
-    if not (0 <= iy < ny and 0 <= ix < nx):
-        raise ValueError(
-            f"chunk ({iy}, {ix}) is outside the {ny} x {nx} chunk grid of a {shape[0]} x "
-            f"{shape[1]} mask with chunk {chunk}; expected 0 <= iy < {ny} and 0 <= ix < {nx}"
-        )
-    return iy * chunk, min((iy + 1) * chunk, shape[0]), ix * chunk, min((ix + 1) * chunk, shape[1])
-
-
-def chunk_boxes(shape: tuple[int, int], chunk: int) -> Iterator[tuple[int, int, int, int]]:
-    for iy in range(math.ceil(shape[0] / chunk)):
-        for ix in range(math.ceil(shape[1] / chunk)):
-            yield chunk_box(iy, ix, shape, chunk)
 
 
 def multiscales_attrs(name: str, n_levels: int, mpp: float | None, channel: bool,
@@ -115,8 +76,6 @@ def image_label_attrs(classes: Sequence[LabelClass], version: NgffVersion = "0.4
     }
 
 
-
-
 def wrap(version: NgffVersion, ome: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
     """Group attributes: the NGFF keys ``ome`` (placed for ``version``) plus slideseg's own."""
     if version == "0.4":
@@ -132,6 +91,27 @@ def unwrap(attrs: Mapping[str, Any]) -> tuple[NgffVersion | None, dict[str, Any]
     ms = attrs.get("multiscales")
     version = ms[0].get("version") if isinstance(ms, list) and ms and isinstance(ms[0], Mapping) else None
     return version, dict(attrs)
+
+
+def label_classes(ome: Mapping[str, Any]) -> tuple[LabelClass, ...]:
+    """The classes of a label image from its ``image-label`` colours and properties, by value.
+
+    A value listed in only one of the two still counts: its name defaults to ``class N`` and its
+    colour to transparent black.
+
+    >>> classes = label_classes({"image-label": {"colors": [{"label-value": 1, "rgba": [255, 0, 0, 255]}],
+    ...                                          "properties": [{"label-value": 0, "class": "background"}]}})
+    >>> [(c.value, c.name, c.rgba) for c in classes]
+    [(0, 'background', (0, 0, 0, 0)), (1, 'class 1', (255, 0, 0, 255))]
+    """
+    label = ome.get("image-label")
+    if not isinstance(label, Mapping):
+        raise ConfigError("the image has no 'image-label' metadata; expected an OME-Zarr label image")
+    names = {int(p["label-value"]): str(p.get("class", f"class {p['label-value']}"))
+             for p in label.get("properties") or ()}
+    colours = {int(c["label-value"]): tuple(int(v) for v in c["rgba"]) for c in label.get("colors") or ()}
+    return tuple(LabelClass(v, names.get(v, f"class {v}"), colours.get(v, (0, 0, 0, 0)))  # type: ignore[arg-type]
+                 for v in sorted(names.keys() | colours.keys()))
 
 
 def check_version(version: str) -> NgffVersion:

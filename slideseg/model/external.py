@@ -29,7 +29,7 @@ import math
 import os
 import warnings
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +37,7 @@ import torch
 
 from slideseg.errors import ConfigError, ModelFileError
 from slideseg.model.config import UNetConfig
-from slideseg.model.files import file_sha256
+from slideseg.model.files import LoadedModel, file_sha256
 
 ONNX_SUFFIXES = (".onnx",)
 
@@ -123,17 +123,7 @@ def _need_sidecar(model_path: Path) -> ModelFileError:
     )
 
 
-@dataclass(frozen=True)
-class ExternalTorchModel:
-    """A TorchScript or torch.export network with its sidecar configuration."""
-
-    net: Any
-    config: UNetConfig
-    weights_sha256: str
-    metadata: Mapping[str, Any] = field(default_factory=dict)
-
-
-def load_torch_model(path: Path) -> ExternalTorchModel:
+def load_torch_model(path: Path) -> LoadedModel:
     """Load a TorchScript (``.pt``, ``.ts``...) or ``torch.export`` (``.pt2``) model and its sidecar."""
 
     side = sidecar_path(path)
@@ -156,7 +146,7 @@ def load_torch_model(path: Path) -> ExternalTorchModel:
         raise ModelFileError(f"{side}: normalised_in_model applies to ONNX files; a torch model is fed "
                              "(x - norm_mean) / norm_std: set norm_mean [0] and norm_std [1] for raw pixels.")
     metadata = {"external": {"format": kind, "path": str(path), "sidecar": str(side)}, "trained": extras["trained"]}
-    return ExternalTorchModel(net, cfg, file_sha256(path), metadata)
+    return LoadedModel(net, cfg, file_sha256(path), metadata, path)
 
 
 class _Exported(torch.nn.Module):

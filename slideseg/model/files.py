@@ -16,14 +16,18 @@ from torch import nn
 
 from slideseg.errors import ModelFileError
 from slideseg.model.config import FORMAT_VERSION, META_CONFIG, META_EXTRA, META_FORMAT, UNetConfig, read_model_config
-from slideseg.model.unet import UNet, build_unet
+from slideseg.model.unet import build_unet
 
 
 @dataclass(frozen=True)
 class LoadedModel:
-    """A network with its configuration, weights hash and free-form metadata (e.g. training)."""
+    """A network with its configuration, weights hash and free-form metadata (e.g. training).
 
-    net: UNet
+    ``net`` is a slideseg :class:`~slideseg.model.unet.UNet` for ``.safetensors`` files, or the
+    module of a bring-your-own TorchScript / ``torch.export`` file (:mod:`slideseg.model.external`).
+    """
+
+    net: nn.Module
     config: UNetConfig
     weights_sha256: str
     metadata: Mapping[str, Any] = field(default_factory=dict)
@@ -83,7 +87,7 @@ def load_model(path: str | os.PathLike[str]) -> LoadedModel:
 
 
 def cpu_copy(model: LoadedModel) -> LoadedModel:
-    """A copy of ``model`` on the CPU (engines move and re-lay-out the network they are given)."""
+    """A copy of a slideseg ``model`` on the CPU (engines move and re-lay-out the network they are given)."""
 
     net = build_unet(model.config)
     net.load_state_dict({k: v.detach().cpu() for k, v in model.net.state_dict().items()})

@@ -232,3 +232,70 @@ def mirror_index(idx: np.ndarray, n: int, mode: MirrorMode) -> np.ndarray:
         m = np.mod(idx, period)
         return np.where(m >= n, period - 1 - m, m)
     raise ConfigError(f"mirror mode must be 'reflect' or 'symmetric', got {mode!r}")
+
+
+# --------------------------------------------------------------------------------------------
+# Grids and pyramids of any array
+# --------------------------------------------------------------------------------------------
+
+PYRAMID_STOP = 1024
+"""A x2 pyramid ends at the first level whose longer side is at most this many pixels."""
+
+
+def level_shape(shape: tuple[int, int], level: int) -> tuple[int, int]:
+    """Shape of level ``level`` of a x2 pyramid: ``ceil(H / 2**level), ceil(W / 2**level)``.
+
+    >>> level_shape((1000, 513), 1)
+    (500, 257)
+    """
+    return -(-shape[0] // 2**level), -(-shape[1] // 2**level)
+
+
+def pyramid_shapes(shape: tuple[int, int], stop: int = PYRAMID_STOP) -> list[tuple[int, int]]:
+    """Shapes of the x2 pyramid, down to the first level whose longer side is <= ``stop``.
+
+    >>> pyramid_shapes((1000, 1500))
+    [(1000, 1500), (500, 750)]
+    >>> pyramid_shapes((5, 3000), stop=1000)
+    [(5, 3000), (3, 1500), (2, 750)]
+    """
+    shapes = [level_shape(shape, 0)]
+    while max(shapes[-1]) > stop:
+        shapes.append(level_shape(shape, len(shapes)))
+    return shapes
+
+
+def grid_box(iy: int, ix: int, shape: tuple[int, int], step: int) -> tuple[int, int, int, int]:
+    """``(y0, y1, x0, x1)`` of cell ``(iy, ix)`` of the ``step`` grid over an array, clipped to it.
+
+    >>> grid_box(1, 1, (300, 500), 256)
+    (256, 300, 256, 500)
+    """
+    ny, nx = -(-shape[0] // step), -(-shape[1] // step)
+    if not (0 <= iy < ny and 0 <= ix < nx):
+        raise ValueError(
+            f"cell ({iy}, {ix}) is outside the {ny} x {nx} grid of a {shape[0]} x {shape[1]} array with step "
+            f"{step}; expected 0 <= iy < {ny} and 0 <= ix < {nx}"
+        )
+    return iy * step, min((iy + 1) * step, shape[0]), ix * step, min((ix + 1) * step, shape[1])
+
+
+def grid_boxes(shape: tuple[int, int], step: int) -> list[tuple[int, int, int, int]]:
+    """Every cell of the ``step`` grid over an array, row-major, as ``(y0, y1, x0, x1)``.
+
+    >>> grid_boxes((3, 5), 4)
+    [(0, 3, 0, 4), (0, 3, 4, 5)]
+    """
+    return [(y, min(y + step, shape[0]), x, min(x + step, shape[1]))
+            for y in range(0, shape[0], step) for x in range(0, shape[1], step)]
+
+
+def nearest_index(n_in: int, n_out: int, start: int = 0, stop: int | None = None) -> np.ndarray:
+    """Input index that output pixels ``start..stop`` sample when ``n_in`` pixels are resized to
+    ``n_out`` by nearest neighbour: each output pixel centre mapped into the input.
+
+    >>> nearest_index(4, 2).tolist(), nearest_index(2, 5).tolist()
+    ([1, 3], [0, 0, 1, 1, 1])
+    """
+    out = np.arange(start, n_out if stop is None else stop)
+    return np.minimum(((out + 0.5) * n_in / n_out).astype(np.int64), n_in - 1)

@@ -16,7 +16,6 @@ union-find, so a 50k x 50k mask is never held whole.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -26,6 +25,7 @@ from numpy.typing import NDArray
 from scipy import ndimage
 
 from slideseg.errors import ConfigError, TrainingDataError
+from slideseg.plan.tiles import grid_boxes
 from slideseg.train.data import open_mask
 
 GtKind = Literal["auto", "classes", "instances"]
@@ -164,12 +164,6 @@ def _reduce(keys: list[U64], counts: list[NDArray[np.int64]]) -> tuple[U64, NDAr
     return k, np.bincount(inv, weights=np.concatenate(counts)).astype(np.int64)
 
 
-def _blocks(shape: tuple[int, int], size: int) -> Iterator[tuple[int, int, int, int]]:
-    for y0 in range(0, shape[0], size):
-        for x0 in range(0, shape[1], size):
-            yield y0, min(y0 + size, shape[0]), x0, min(x0 + size, shape[1])
-
-
 def evaluate(pred: str | Path, gt: str | Path, *, gt_kind: GtKind = "auto", block: int = 2048) -> EvalResult:
     """Compare the mask ``pred`` (a ``predict`` output or a label image) with the truth ``gt``.
 
@@ -230,7 +224,7 @@ def _evaluate(p: Any, classes_gt: Any, instances_gt: Any, pred: str | Path, gt: 
     garea_c: list[NDArray[np.int64]] = []
     gt_above = np.zeros(w, np.int64)
     gt_left: NDArray[np.int64] | None = None
-    for y0, y1, x0, x1 in _blocks((h, w), block):
+    for y0, y1, x0, x1 in grid_boxes((h, w), block):
         pb = _ids(p.read(y0, y1, x0, x1), pred)  # (h', w')
         cb = _ids(classes_gt.read(y0, y1, x0, x1), gt)
         if instances_gt is not None:

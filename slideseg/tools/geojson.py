@@ -19,10 +19,10 @@ from typing import IO, Any
 
 import numpy as np
 
-from slideseg.errors import ConfigError, OutputExistsError, OutputFormatError
+from slideseg.errors import ConfigError, OutputExistsError
 from slideseg.io.slide import open_slide
 from slideseg.tools.trace import Polygon, iter_polygons, trace_polygons
-from slideseg.write.mask import open_mask
+from slideseg.write.mask import read_mask
 
 __all__ = [
     "OBJECT_TYPES",
@@ -40,7 +40,6 @@ STRIPE_PIXELS = 1 << 22
 """Pixels traced at once (a stripe of full rows): bounds memory to ~50 bytes per stripe pixel."""
 OBJECT_TYPES = ("annotation", "detection")
 """QuPath object types a feature can be imported as."""
-
 
 
 @dataclass(frozen=True)
@@ -107,18 +106,16 @@ def export_geojson(mask_path: str | os.PathLike[str], output: str | os.PathLike[
 
     out = Path(output)
     _check_args(out, overwrite, min_area, object_type)
-    group = open_mask(mask_path)
-    attrs: dict[str, Any] = dict(group.attrs)
-    _check_complete(mask_path, attrs)
-    arrays = _levels(group, attrs)
+    mask = read_mask(mask_path)
+    arrays = mask.levels
     if not 0 <= level < len(arrays):
         shapes = "; ".join(f"{i}: {a.shape[0]}x{a.shape[1]}" for i, a in enumerate(arrays))
         raise ConfigError(f"--level {level} is out of range: {mask_path} has {len(arrays)} levels ({shapes}); "
                           f"pass --level between 0 and {len(arrays) - 1}")
-    names, colours = _classes(attrs)
+    names = mask.names
+    colours = {c.value: list(c.rgba[:3]) for c in mask.classes}
     values = parse_classes(classes, names)
-    source = dict(attrs["slideseg"].get("source") or {})
-    scale = level0_scale(tuple(arrays[0].shape), source, slide_path)
+    scale = level0_scale(tuple(arrays[0].shape), mask.source, slide_path)
     array = arrays[level]
     shape = (int(array.shape[0]), int(array.shape[1]))
     factor = 2**level  # level l pixel i is level-0 pixel i * 2**l (x2 nearest pyramid)
@@ -276,26 +273,3 @@ def _check_args(out: Path, overwrite: bool, min_area: float, object_type: str) -
         raise OutputExistsError(f"{out} exists; pass --overwrite to replace it")
 
 
-def _check_complete(path: str | os.PathLike[str], attrs: Mapping[str, Any]) -> None:
-    if not attrs["slideseg"].get("complete", False):
-        raise OutputFormatError(f"{path} is incomplete (a predict run that stopped); expected a finished mask: "
-                                f"finish it with `slideseg predict ... --resume` first")
-
-
-def _levels(group: Any, attrs: Mapping[str, Any]) -> list[Any]:
-    import zarr
-
-    paths = [d["path"] for d in attrs["multiscales"][0]["datasets"]]
-    arrays = [group.get(p) for p in paths]
-    if not all(isinstance(a, zarr.Array) and a.ndim == 2 for a in arrays):
-        raise OutputFormatError(f"{group.store} lists levels {paths} that are not all 2-D arrays; expected a "
-                                "slideseg mask: write it again with slideseg predict")
-    return arrays
-
-
-def _classes(attrs: Mapping[str, Any]) -> tuple[dict[int, str], dict[int, list[int]]]:
-    """Class names and RGB colours from the mask's ``image-label`` metadata."""
-    label = attrs["image-label"]
-    names = {int(p["label-value"]): str(p.get("class", p["label-value"])) for p in label.get("properties", [])}
-    colours = {int(c["label-value"]): [int(v) for v in c["rgba"][:3]] for c in label.get("colors", [])}
-    return {v: names.get(v, f"class {v}") for v in names | colours}, colours

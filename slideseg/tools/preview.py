@@ -16,9 +16,10 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from slideseg.errors import ConfigError, OutputExistsError, OutputFormatError
+from slideseg.errors import ConfigError, OutputExistsError
 from slideseg.io.slide import open_slide
-from slideseg.write.mask import open_mask
+from slideseg.plan.tiles import nearest_index
+from slideseg.write.mask import read_mask
 
 __all__ = ["PreviewResult", "overlay", "pick_level", "thumbnail_shape", "write_preview"]
 
@@ -77,19 +78,16 @@ def write_preview(mask_path: str | os.PathLike[str], out_png: str | os.PathLike[
 
     out = Path(out_png)
     _check_args(out, size, alpha, overwrite)
-    group = open_mask(mask_path)
-    attrs: dict[str, Any] = dict(group.attrs)
-    if not attrs["slideseg"].get("complete", False):
-        raise OutputFormatError(f"{mask_path} is incomplete (a predict run that stopped); expected a finished mask: "
-                                f"finish it with `slideseg predict ... --resume` first")
-    levels = _levels(group, attrs)
+    mask = read_mask(mask_path)
+    levels = mask.levels
     thumb = thumbnail_shape(tuple(levels[0].shape), size)
     mask_level = pick_level([tuple(a.shape) for a in levels], thumb)
-    labels = _nearest(np.asarray(levels[mask_level][:]), thumb)
-    source = dict(attrs["slideseg"].get("source") or {})
+    small = np.asarray(levels[mask_level][:])
+    labels = small[np.ix_(nearest_index(small.shape[0], thumb[0]), nearest_index(small.shape[1], thumb[1]))]
+    source = mask.source
     slide, note = _find_slide(slide_path, source)
     background, slide_level = _background(slide, source.get("series"), thumb)
-    classes = _classes(attrs)
+    classes = {c.value: (c.name, c.rgba) for c in mask.classes}
     image = overlay(background, labels, {v: c for v, (_, c) in classes.items()}, alpha)
     title = f"{Path(mask_path).name} over {slide.name}" if slide is not None else f"{Path(mask_path).name} (no slide)"
     canvas = _with_legend(image, title, [(n, c) for v, (n, c) in sorted(classes.items()) if v != 0])
@@ -201,32 +199,7 @@ def _resize_rgb(rgb: U8, shape: tuple[int, int]) -> U8:
     return np.asarray(Image.fromarray(rgb).resize((shape[1], shape[0]), method))
 
 
-def _nearest(labels: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Nearest-neighbour resize of a 2-D array: output pixel centres sampled in the input."""
-    rows = ((np.arange(shape[0]) + 0.5) * labels.shape[0] / shape[0]).astype(np.int64)
-    cols = ((np.arange(shape[1]) + 0.5) * labels.shape[1] / shape[1]).astype(np.int64)
-    return labels[rows[:, None], cols[None, :]]
-
-
-def _levels(group: Any, attrs: dict[str, Any]) -> list[Any]:
-    import zarr
-
-    arrays = [group.get(d["path"]) for d in attrs["multiscales"][0]["datasets"]]
-    if not all(isinstance(a, zarr.Array) and a.ndim == 2 for a in arrays):
-        raise OutputFormatError(f"{group.store} has levels that are not 2-D arrays; expected a slideseg mask: "
-                                "write it again with slideseg predict")
-    return arrays
-
-
 # --------------------------------------------------------------------------------- the legend
-
-
-def _classes(attrs: dict[str, Any]) -> dict[int, tuple[str, tuple[int, int, int, int]]]:
-    label = attrs["image-label"]
-    names = {int(p["label-value"]): str(p.get("class", p["label-value"])) for p in label.get("properties", [])}
-    return {int(c["label-value"]): (names.get(int(c["label-value"]), f"class {c['label-value']}"),
-                                    tuple(int(v) for v in c["rgba"]))  # type: ignore[misc]
-            for c in label.get("colors", [])}
 
 
 def _with_legend(image: U8, title: str, entries: list[tuple[str, tuple[int, int, int, int]]]) -> U8:

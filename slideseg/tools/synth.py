@@ -31,6 +31,7 @@ from numpy.typing import NDArray
 from slideseg import __version__
 from slideseg.errors import ConfigError, OutputExistsError
 from slideseg.io.formats import slide_stem
+from slideseg.plan.tiles import grid_boxes, level_shape, pyramid_shapes
 
 if TYPE_CHECKING:
     import os
@@ -39,7 +40,6 @@ F32 = NDArray[np.float32]
 I64 = NDArray[np.int64]
 U64 = NDArray[np.uint64]
 
-PYRAMID_MAX_SIDE = 1024  # halve until the longest side is at most this
 TRUTH_CHUNK = 1024  # chunk edge of the ground-truth arrays
 JPEG_QUALITY = 90
 PRESENCE = 0.7  # probability that a cell inside tissue holds a nucleus
@@ -135,38 +135,11 @@ class SynthResult:
 # ------------------------------------------------------------------------------------ geometry
 
 
-def level_shape(size: tuple[int, int], level: int) -> tuple[int, int]:
-    """Shape of pyramid level ``level``: ``ceil(H / 2**level), ceil(W / 2**level)``.
-
-    >>> level_shape((1000, 513), 1)
-    (500, 257)
-    """
-    return -(-size[0] // 2**level), -(-size[1] // 2**level)
-
-
-def pyramid_shapes(size: tuple[int, int]) -> list[tuple[int, int]]:
-    """Shapes of the written levels: level 0, then x2 until the longest side is <= 1024.
-
-    >>> pyramid_shapes((4096, 3000))
-    [(4096, 3000), (2048, 1500), (1024, 750)]
-    """
-    shapes = [level_shape(size, 0)]
-    while max(shapes[-1]) > PYRAMID_MAX_SIDE:
-        shapes.append(level_shape(size, len(shapes)))
-    return shapes
-
-
 def truth_path_for(image_path: str | os.PathLike[str]) -> Path:
     """Ground-truth path beside an image: ``demo.ome.tif`` -> ``demo.truth.zarr``."""
 
     path = Path(image_path)
     return path.with_name(slide_stem(path) + ".truth.zarr")
-
-
-def _boxes(shape: tuple[int, int], step: int) -> list[tuple[int, int, int, int]]:
-    """Row-major ``(y0, y1, x0, x1)`` boxes of edge ``step`` covering ``shape``."""
-    return [(y, min(y + step, shape[0]), x, min(x + step, shape[1]))
-            for y in range(0, shape[0], step) for x in range(0, shape[1], step)]
 
 
 # ------------------------------------------------------------------------------------- hashing
@@ -397,7 +370,7 @@ def render_labels(cfg: SynthConfig, y0: int, y1: int, x0: int, x1: int, level: i
     """The instance labels of :func:`render_region`, without the cost of colour."""
     ys, xs = _level0_coords(cfg, y0, y1, x0, x1, level)
     labels = np.empty((ys.size, xs.size), np.uint32)
-    for by0, by1, bx0, bx1 in _boxes(labels.shape, _BLOCK):  # 2x faster than at once at 1024
+    for by0, by1, bx0, bx1 in grid_boxes(labels.shape, _BLOCK):  # 2x faster than at once at 1024
         labels[by0:by1, bx0:bx1] = _nuclei(cfg, ys[by0:by1], xs[bx0:bx1])[0]
     return labels
 
@@ -465,7 +438,7 @@ def _write_image(path: Path, cfg: SynthConfig, shapes: list[tuple[int, int]],
 
             def tiles(level: int = level, shape: tuple[int, int] = shape
                       ) -> Iterator[NDArray[np.uint8]]:
-                for box in _boxes(shape, t):  # row-major, as tifffile expects
+                for box in grid_boxes(shape, t):  # row-major, as tifffile expects
                     ys, xs = _level0_coords(cfg, *box, level)
                     labels, q = _nuclei(cfg, ys, xs)
                     rgb = _colour(cfg, ys, xs, labels, q)  # (t, t, 3), smaller at the edges
@@ -501,7 +474,7 @@ def _write_truth(path: Path, cfg: SynthConfig, step: Callable[[], None]) -> floa
                                        compressors=ZstdCodec(level=3), dimension_names=("y", "x"))
               for name, dtype in (("instances", np.uint32), ("classes", np.uint8))}
     n_nucleus = 0
-    for y0, y1, x0, x1 in _boxes(cfg.size, TRUTH_CHUNK):
+    for y0, y1, x0, x1 in grid_boxes(cfg.size, TRUTH_CHUNK):
         labels = render_labels(cfg, y0, y1, x0, x1)
         classes = (labels > 0).astype(np.uint8)
         arrays["instances"][y0:y1, x0:x1] = labels
@@ -540,7 +513,7 @@ def write_synthetic_slide(path: str | os.PathLike[str], cfg: SynthConfig, *,
     truth_path = truth_path_for(image_path)
     _prepare_outputs(image_path, truth_path, overwrite)
     shapes = pyramid_shapes(cfg.size)
-    total = sum(len(_boxes(s, cfg.tile)) for s in shapes) + len(_boxes(cfg.size, TRUTH_CHUNK))
+    total = sum(len(grid_boxes(s, cfg.tile)) for s in shapes) + len(grid_boxes(cfg.size, TRUTH_CHUNK))
     done = itertools.count(1)
 
     def step() -> None:

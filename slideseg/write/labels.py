@@ -20,6 +20,7 @@ import zarr
 
 from slideseg.errors import ConfigError
 from slideseg.io.ngff import NgffVersion, unwrap
+from slideseg.plan.tiles import nearest_index
 
 LABELS = "labels"
 
@@ -114,17 +115,11 @@ def resample_nearest(src: Any, dst: Any, box: tuple[int, int, int, int]) -> None
     """Fill ``dst[box]`` from ``src`` by nearest-neighbour sampling of pixel centres."""
     y0, y1, x0, x1 = box
     (hs, ws), (hd, wd) = src.shape[-2:], dst.shape[-2:]
-    iy = np.minimum(((np.arange(y0, y1) + 0.5) * hs / hd).astype(np.int64), hs - 1)
-    ix = np.minimum(((np.arange(x0, x1) + 0.5) * ws / wd).astype(np.int64), ws - 1)
+    iy, ix = nearest_index(hs, hd, y0, y1), nearest_index(ws, wd, x0, x1)
     region = np.asarray(src[int(iy[0]) : int(iy[-1]) + 1, int(ix[0]) : int(ix[-1]) + 1])
     block = region[np.ix_(iy - iy[0], ix - ix[0])]
     if block.any():
         dst[y0:y1, x0:x1] = block
-
-
-def grid_boxes(shape: tuple[int, int], chunk: int) -> list[tuple[int, int, int, int]]:
-    return [(y, min(y + chunk, shape[0]), x, min(x + chunk, shape[1]))
-            for y in range(0, shape[0], chunk) for x in range(0, shape[1], chunk)]
 
 
 def check_alignment(parent: ParentLevels, grid_shape: tuple[int, int], grid_mpp: float | None) -> None:

@@ -25,6 +25,7 @@ import os
 import shutil
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -36,30 +37,17 @@ from zarr.codecs import BloscCodec
 
 from slideseg.errors import ConfigError, OutputExistsError, OutputFormatError, SlideReadError
 from slideseg.io.ngff import (
-    PYRAMID_STOP,
     LabelClass,
     NgffVersion,
     check_version,
-    chunk_box,
-    chunk_boxes,
     image_label_attrs,
+    label_classes,
     multiscales_attrs,
-    pyramid_shapes,
     unwrap,
     wrap,
 )
-from slideseg.write.labels import ParentLevels, grid_boxes, prepare_labels_group, register_label, resample_nearest
-
-__all__ = [
-    "PYRAMID_STOP",
-    "LabelClass",
-    "MaskWriter",
-    "chunk_box",
-    "create_mask",
-    "describe_mask",
-    "open_mask",
-    "pyramid_shapes",
-]
+from slideseg.plan.tiles import grid_box, grid_boxes, pyramid_shapes
+from slideseg.write.labels import ParentLevels, prepare_labels_group, register_label, resample_nearest
 
 PROBABILITIES = "probabilities"
 PREDICTION = "prediction"
@@ -125,7 +113,7 @@ class MaskWriter:
         """
         if self._finalized:
             raise ValueError(f"{self.path} is finalized; expected writes before finalize()")
-        y0, y1, x0, x1 = chunk_box(iy, ix, self.shape, self.chunk)
+        y0, y1, x0, x1 = grid_box(iy, ix, self.shape, self.chunk)
         _check_block("ids", ids, (y1 - y0, x1 - x0), (iy, ix))
         if (probs is None) != (self._probs is None):
             raise ValueError(
@@ -141,7 +129,7 @@ class MaskWriter:
 
     def write_background(self, iy: int, ix: int) -> None:
         """Write chunk ``(iy, ix)`` as all background (a chunk skipped for having no tissue)."""
-        y0, y1, x0, x1 = chunk_box(iy, ix, self.shape, self.chunk)
+        y0, y1, x0, x1 = grid_box(iy, ix, self.shape, self.chunk)
         probs = None
         if self._probs is not None:
             probs = np.zeros((self.n_classes, y1 - y0, x1 - x0), np.uint8)
@@ -184,7 +172,7 @@ class MaskWriter:
                     src = _array(group, str(level - 1))
                     lead = src.shape[:-2]
                     dst = _create_level(group, str(level), (*lead, *shapes[level]), chunks, self.version, self.chunk)
-                    boxes = chunk_boxes(shapes[level], self.chunk)
+                    boxes = grid_boxes(shapes[level], self.chunk)
                     list(pool.map(partial(_halve_box, src, dst), boxes))  # one task per chunk
         self._write_attrs(len(shapes), complete=True)
         if self.into is not None:
@@ -301,11 +289,7 @@ def open_mask_writer(path: str | os.PathLike[str]) -> MaskWriter:
     attrs: dict[str, Any] = dict(group.attrs)
     version, ome = unwrap(attrs)
     record = {k: v for k, v in attrs["slideseg"].items() if k != "complete"}
-    label = ome["image-label"]
-    classes = tuple(
-        LabelClass(c["label-value"], p.get("class", str(c["label-value"])), tuple(c["rgba"]))
-        for c, p in zip(label["colors"], label["properties"], strict=True)
-    )
+    classes = label_classes(ome)
     into = ParentLevels.from_dict(record["into"]) if "into" in record else None
     level0 = _array(group, PREDICTION if into else "0")
     if DONE not in group:
@@ -350,6 +334,52 @@ def open_mask(path: str | os.PathLike[str], mode: str = "r") -> zarr.Group:
             f"{', '.join(missing)} missing: pass the mask.zarr written by slideseg predict"
         )
     return group
+
+
+@dataclass(frozen=True)
+class MaskLevels:
+    """A slideseg mask opened for reading: its 2-D levels (level 0 first), classes and record."""
+
+    path: Path
+    version: NgffVersion | None
+    levels: tuple[zarr.Array[Any], ...]
+    classes: tuple[LabelClass, ...]
+    record: Mapping[str, Any]
+    """How the mask was made (``.zattrs["slideseg"]``): configs, source slide, completeness."""
+
+    @property
+    def names(self) -> dict[int, str]:
+        """Class name by value."""
+        return {c.value: c.name for c in self.classes}
+
+    @property
+    def source(self) -> dict[str, Any]:
+        """What the record says of the slide the mask was made from (path, level, pixel size...)."""
+        return dict(self.record.get("source") or {})
+
+
+def read_mask(path: str | os.PathLike[str], *, complete: bool = True) -> MaskLevels:
+    """Open a slideseg mask for reading, NGFF 0.4 or 0.5: its levels, classes and record.
+
+    Raises
+    ------
+    SlideReadError, OutputFormatError
+        As :func:`open_mask`; also when a level is not a 2-D array, or, with ``complete=True``,
+        when the mask is incomplete (a predict run that stopped).
+    """
+    group = open_mask(path)
+    attrs: dict[str, Any] = dict(group.attrs)
+    version, ome = unwrap(attrs)
+    record = dict(attrs["slideseg"])
+    if complete and not record.get("complete", False):
+        raise OutputFormatError(f"{path} is incomplete (a predict run that stopped); expected a finished mask: "
+                                "finish it with `slideseg predict ... --resume` first")
+    paths = [d["path"] for d in ome["multiscales"][0]["datasets"]]
+    levels = [group.get(p) for p in paths]
+    if not all(isinstance(a, zarr.Array) and a.ndim == 2 for a in levels):
+        raise OutputFormatError(f"{path} lists levels {paths} that are not all 2-D arrays; expected a slideseg "
+                                "mask: write it again with slideseg predict")
+    return MaskLevels(Path(path), version, tuple(levels), label_classes(ome), record)  # type: ignore[arg-type]
 
 
 def describe_mask(path: str | os.PathLike[str]) -> dict[str, Any]:
