@@ -25,7 +25,8 @@ from slideseg.io.resample import choose_level, output_shape
 from slideseg.io.slide import open_slide
 from slideseg.io.tissue import TissueMask, detect_tissue, load_tissue_mask
 from slideseg.model.files import read_model_config
-from slideseg.plan.tiles import Plan, auto_tile, make_plan
+from slideseg.plan.geometry import Geometry
+from slideseg.plan.tiles import Plan, plan_slide
 from slideseg.schedule.cluster import ClusterConfig, dask_client
 from slideseg.schedule.tasks import EngineKey, JobSpec, engine_for, feed, preload_plugin
 from slideseg.tools.preview import write_preview
@@ -247,17 +248,14 @@ def default_batch_size(tile: int, gpu: bool) -> int:
     return 4 if gpu else max(1, int(CPU_BATCH_PIXELS // tile**2))
 
 
-def plan_for(shape: tuple[int, int], geometry: Any, cfg: PredictConfig) -> Plan:
+def plan_for(shape: tuple[int, int], geometry: Geometry, cfg: PredictConfig) -> Plan:
     """The tiling plan for a slide of ``shape`` under ``cfg`` (tile size checked or chosen).
 
     Tasks cover one write unit each: a chunk (NGFF 0.4) or a shard (0.5); the default tile
     covers one chunk either way.
     """
-    tile = cfg.tile or auto_tile(shape, cfg.chunk, geometry.alignment, geometry.smallest_tile_covering)
-    geometry.check_tile(tile)
     unit = cfg.chunk if cfg.ngff == "0.4" else (cfg.shard or 4 * cfg.chunk)
-    return make_plan(shape, tile=tile, context=geometry.context, alignment=geometry.alignment,
-                     chunk=unit, tile_output=geometry.usable_output(tile))
+    return plan_slide(shape, geometry, chunk=cfg.chunk, tile=cfg.tile, unit=unit)
 
 
 # ----------------------------------------------------------------------------------- one slide

@@ -24,6 +24,7 @@ from typing import Literal
 import numpy as np
 
 from slideseg.errors import ConfigError
+from slideseg.plan.geometry import Geometry
 
 MirrorMode = Literal["reflect", "symmetric"]
 
@@ -195,6 +196,22 @@ def make_plan(shape: tuple[int, int], *, tile: int, context: int, alignment: int
     if out < alignment:
         raise ConfigError(f"tile {tile} px keeps {out} px of output, less than the pooling step {alignment}")
     return Plan((h, w), chunk, tile, out, context, alignment)
+
+
+def plan_slide(shape: tuple[int, int], geometry: Geometry, *, chunk: int, tile: int | None = None,
+               unit: int | None = None) -> Plan:
+    """The plan for a slide of ``shape`` (H, W) tiled by a network of ``geometry``.
+
+    ``tile`` is checked against the geometry, or chosen as the smallest tile whose output covers a
+    ``chunk``; each task covers one ``unit`` (default: a chunk; a shard for sharded outputs).
+
+    >>> plan_slide((1000, 1500), Geometry(4), chunk=1024).tile
+    1212
+    """
+    tile = tile or auto_tile(shape, chunk, geometry.alignment, geometry.smallest_tile_covering)
+    geometry.check_tile(tile)
+    return make_plan(shape, tile=tile, context=geometry.context, alignment=geometry.alignment,
+                     chunk=unit or chunk, tile_output=geometry.usable_output(tile))
 
 
 def auto_tile(shape: tuple[int, int], chunk: int, alignment: int,

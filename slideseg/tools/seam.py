@@ -14,7 +14,7 @@ from slideseg.engines.base import Engine
 from slideseg.errors import ConfigError
 from slideseg.model.config import UNetConfig
 from slideseg.plan.geometry import Geometry
-from slideseg.plan.tiles import auto_tile, make_plan
+from slideseg.plan.tiles import plan_slide
 from slideseg.schedule.chunks import infer_chunk, softmax
 from slideseg.tools.synth import SynthConfig, render_region
 
@@ -59,10 +59,8 @@ def measure_seam_error(engine: Engine, image: np.ndarray, *, halo: int | None = 
 
     g = seam_geometry(engine.config, halo)
     shape = (int(image.shape[0]), int(image.shape[1]))
-    tile = tile or engine.fixed_tile or auto_tile(shape, chunk, g.alignment, g.smallest_tile_covering)
-    g.check_tile(tile)
-    plan = make_plan(shape, tile=tile, context=g.context, alignment=g.alignment, chunk=chunk,
-                     tile_output=g.usable_output(tile))
+    plan = plan_slide(shape, g, chunk=chunk, tile=tile or engine.fixed_tile)
+    tile = plan.tile
     reader = _ArrayReader(image)
     tiled = np.empty((engine.config.classes, *shape), np.float32)
     for c in plan:
