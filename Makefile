@@ -38,11 +38,20 @@ test: venv
 test-all: venv
 	$(PY) -m pytest
 
+# lint-imports checks the contracts in pyproject.toml ([tool.importlinter]): the layering of the
+# package and the torch-free modules.
 lint: venv
 	$(VENV)/bin/ruff check slideseg tests benchmarks
+	$(VENV)/bin/lint-imports --no-cache --no-logo
+
+# The pure core is checked with `mypy --strict` as well (what --strict means follows the installed
+# mypy); its own cache keeps the two runs from invalidating each other's.
+STRICT_TYPED := slideseg/errors.py $(wildcard slideseg/config.py) slideseg/plan slideseg/model/config.py \
+	slideseg/io/ngff.py slideseg/io/formats.py slideseg/io/axes.py
 
 typecheck: venv
 	$(VENV)/bin/mypy slideseg
+	$(VENV)/bin/mypy --strict --follow-imports=silent --cache-dir .mypy_cache/strict $(STRICT_TYPED)
 
 demo: venv
 	mkdir -p $(DEMO)
@@ -69,4 +78,4 @@ bench: venv
 	$(PY) benchmarks/bench_predict.py
 
 clean:
-	rm -rf $(DEMO) benchmarks/out .pytest_cache .hypothesis
+	rm -rf $(DEMO) benchmarks/out .pytest_cache .hypothesis .mypy_cache .import_linter_cache

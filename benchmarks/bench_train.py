@@ -1,16 +1,23 @@
-"""Weighted loss (the U-Net paper's weight map) vs plain cross-entropy, at equal budget, on synthetic
-touching nuclei; plus training throughput on the CPU.
+"""Training benchmarks on synthetic fluorescence-like nuclei that touch (no real data is used):
 
-Both arms train the same architecture with the same optimiser, learning rate, tiles (the same seeds
-draw the same tiles and augmentation), separation borders in the targets and number of steps; only
-the per-pixel loss weights differ. Each model then segments a held-out synthetic slide through
-``predict``, and ``evaluate`` measures the merge rate of touching nuclei (lower is better), object
-F1 and foreground IoU.
+1. **Loss**: the paper's weighted cross-entropy vs plain cross-entropy at equal budget over several
+   seeds: merge rate of touching nuclei, object F1, panoptic quality (PQ) and foreground IoU of a
+   held-out image, as mean ± sample standard deviation.
+2. **Throughput**: training output pixels/s of ``slideseg train`` against a bare PyTorch loop
+   (the same network, tile, batch, optimiser and loss, on tensors already in memory) in the same
+   run: the pipeline efficiency. Loading, elastic deformation and weight maps run in background
+   threads and should overlap with compute.
 
-    .venv/bin/python benchmarks/bench_train.py [--steps 600] [--seeds 0 1 2] [--width 8] [--depth 3]
+Data: one synthetic field of nuclei (``slideseg.tools.synth``, ``touching`` so that pairs press
+together; tissue everywhere), rendered as a single-channel uint16 fluorescence-like image (bright
+nuclei, dimmer at their borders and at the seams between touching nuclei, blurred, with noise). Its
+top rows train (slideseg holds a band of them out for validation), the rest is the held-out test.
 
-Prints one JSON line per run and a summary (mean ± sample standard deviation over seeds); record
-it in benchmarks/RESULTS.md with the command, machine and date.
+    .venv/bin/python benchmarks/bench_train.py loss [--seeds 0 1 2] [--minutes 2]
+    .venv/bin/python benchmarks/bench_train.py throughput [--steps 30]
+
+Each prints one JSON line per run and a JSON summary; record them in benchmarks/RESULTS.md with
+the command, machine and date.
 """
 
 from __future__ import annotations
@@ -24,82 +31,251 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import tifffile
 import torch
+import zarr
+from scipy import ndimage
 
 from slideseg.predict import PredictConfig, predict
 from slideseg.tools.evaluate import evaluate
-from slideseg.tools.synth import SynthConfig, write_synthetic_slide
+from slideseg.tools.synth import SynthConfig, render_labels, touching_fraction
 from slideseg.train.data import load_training_data
 from slideseg.train.loop import TrainConfig, train
+from slideseg.train.loss import separation_borders
+
+DATA = SynthConfig(size=(512, 512), seed=7, tissue_fraction=1.0, touching=0.3)
+TRAIN_ROWS = 320
+"""Rows [0, 320) train (and validate), rows [320, 512) are the held-out test image."""
 
 
-def make_data(out: Path, size: int) -> tuple[Path, Path]:
-    """Training slide (seed 101) and held-out slide (seed 202), each with its truth."""
-    for sub, seed, edge in (("train", 101, size), ("test", 202, size // 2)):
-        slide = out / sub / f"{sub}.ome.tif"
-        if not slide.exists():
-            write_synthetic_slide(slide, SynthConfig(size=(edge, edge), seed=seed))
+# ------------------------------------------------------------------------------------------- data
+
+
+def fluorescence(instances: np.ndarray, seed: int) -> np.ndarray:
+    """A uint16 fluorescence-like image of ``instances`` (H, W): per-nucleus brightness in
+    [0.5, 1], falling to 55 % over 3 px towards the background and the seams between touching
+    nuclei, a dim background, Gaussian blur (sigma 1 px) and noise."""
+    rng = np.random.default_rng(seed)
+    ids = np.unique(instances)
+    brightness = np.zeros(int(ids.max()) + 1, np.float64)
+    brightness[ids] = rng.uniform(0.5, 1.0, ids.size)
+    brightness[0] = 0.0
+    inner = (instances > 0) & ~separation_borders(instances)
+    profile = 0.55 + 0.45 * np.clip(ndimage.distance_transform_edt(inner) / 3.0, 0.0, 1.0)
+    signal = np.where(instances > 0, brightness[instances] * profile, 0.04)
+    signal = ndimage.gaussian_filter(signal, 1.0)
+    image = 600 + 20000 * signal + rng.normal(0, 400, signal.shape)
+    return np.clip(image, 0, 65535).astype(np.uint16)
+
+
+def write_data(out: Path, cfg: SynthConfig = DATA, train_rows: int = TRAIN_ROWS) -> tuple[Path, Path]:
+    """``out/train/field.tif`` (+ ``field_mask.tif``) and ``out/test/field.tif`` (+ mask)."""
+    h, w = cfg.size
+    instances = render_labels(cfg, 0, h, 0, w)
+    image = fluorescence(instances, cfg.seed)
+    for sub, rows in (("train", slice(0, train_rows)), ("test", slice(train_rows, h))):
+        (out / sub).mkdir(parents=True, exist_ok=True)
+        tifffile.imwrite(out / sub / "field.tif", image[rows], metadata={"axes": "YX"},
+                         resolution=(1e4 / cfg.mpp, 1e4 / cfg.mpp), resolutionunit="CENTIMETER")
+        tifffile.imwrite(out / sub / "field_mask.tif", instances[rows].astype(np.uint32))
     return out / "train", out / "test"
 
 
-def run(train_dir: Path, test_dir: Path, out: Path, loss: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
-    data = load_training_data(images=train_dir, masks=train_dir)
-    cfg = TrainConfig(steps=args.steps, tile=args.tile, optimizer="adam", lr=args.lr, loss=loss,  # type: ignore[arg-type]
-                      seed=seed, tiles_per_epoch=args.steps, threads=args.threads)
-    model = out / f"{loss}-seed{seed}.safetensors"
-    t0 = time.perf_counter()
-    result = train(data, model, cfg, arch={"depth": args.depth, "width": args.width}, overwrite=True)
-    seconds = time.perf_counter() - t0
-    data.close()
-    predict(test_dir / "test.ome.tif", out / f"{loss}-seed{seed}.zarr", model,
-            PredictConfig(device="cpu", overwrite=True))
-    r = evaluate(out / f"{loss}-seed{seed}.zarr", test_dir / "test.truth.zarr")
-    row = {"loss": loss, "seed": seed, "steps": result.steps, "train_s": round(seconds, 1),
-           "tiles_per_s": result.history[-1]["tiles_per_s"], "train_loss": round(result.history[-1]["train_loss"], 4),
-           "merge_rate": round(r.merges["merge_rate"], 4), "touching_pairs": r.merges["touching_pairs"],
-           "object_f1": round(r.objects["f1"], 4), "foreground_iou": round(r.foreground_iou, 4)}
-    print(json.dumps(row), flush=True)
-    return row
+def data_summary(test_dir: Path) -> dict[str, Any]:
+    """Nuclei and the fraction that touch another, of the held-out test image."""
+    inst = tifffile.imread(test_dir / "field_mask.tif")
+    return {"test_nuclei": int(np.unique(inst).size - 1), "test_touching_fraction": round(touching_fraction(inst), 3)}
 
 
-def _cpu_name() -> str:
+# ---------------------------------------------------------------------------------------- scoring
+
+
+def panoptic_quality(pred_classes: np.ndarray, truth: np.ndarray) -> float:
+    """PQ of the predicted objects (4-connected foreground components) against the true instances:
+    the sum of the IoUs of matched pairs (IoU > 0.5, so matches are unique) over
+    ``TP + FP / 2 + FN / 2``."""
+    pred, n_pred = ndimage.label(pred_classes > 0)
+    n_true = int(np.unique(truth).size - (1 if (truth == 0).any() else 0))
+    both = (pred > 0) & (truth > 0)
+    keys, overlap = np.unique(pred[both].astype(np.int64) << 32 | truth[both].astype(np.int64), return_counts=True)
+    p_area = np.bincount(pred.ravel())
+    t_ids, t_counts = np.unique(truth, return_counts=True)
+    t_area = dict(zip(t_ids.tolist(), t_counts.tolist(), strict=True))
+    ious = [o / (p_area[k >> 32] + t_area[k & 0xFFFFFFFF] - o) for k, o in zip(keys.tolist(), overlap.tolist(),
+                                                                             strict=True)]
+    matched = [v for v in ious if v > 0.5]
+    tp = len(matched)
+    denominator = tp + 0.5 * (n_pred - tp) + 0.5 * (n_true - tp)
+    return float(sum(matched) / denominator) if denominator else float("nan")
+
+
+def score(model: Path, test_dir: Path, work: Path) -> dict[str, float]:
+    """Segment the held-out image with ``predict`` and score it with ``evaluate`` (and PQ)."""
+    mask = work / f"{model.stem}.zarr"
+    predict(test_dir / "field.tif", mask, model, PredictConfig(device="cpu", overwrite=True))
+    r = evaluate(mask, test_dir / "field_mask.tif", gt_kind="instances")
+    pred = np.asarray(zarr.open_group(str(mask), mode="r")["0"][...])
+    truth = tifffile.imread(test_dir / "field_mask.tif").astype(np.int64)
+    return {"foreground_iou": round(r.foreground_iou, 4), "object_f1": round(r.objects["f1"], 4),
+            "merge_rate": round(r.merges["merge_rate"], 4), "touching_pairs": r.merges["touching_pairs"],
+            "pq": round(panoptic_quality(pred, truth), 4)}
+
+
+def machine() -> str:
     try:
         with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     except (OSError, StopIteration):
-        return platform.processor() or "unknown CPU"
+        cpu = platform.processor() or "unknown CPU"
+    load = f", load average {os.getloadavg()[0]:.1f}" if hasattr(os, "getloadavg") else ""
+    return f"{platform.machine()} {cpu}, {os.cpu_count()} cores{load}, torch {torch.__version__}"
 
 
-def summarise(rows: list[dict[str, Any]], key: str) -> str:
-    values = [r[key] for r in rows]
+def mean_sd(values: list[float]) -> str:
+    values = [v for v in values if v == v]
+    if not values:
+        return "-"
     spread = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.mean(values):.4f} ± {spread:.4f} (min {min(values):.4f}, max {max(values):.4f})"
+    return f"{statistics.mean(values):.3f} ± {spread:.3f}"
+
+
+# -------------------------------------------------------------------------------- 1. weighted vs ce
+
+
+def train_and_score(train_dir: Path, test_dir: Path, work: Path, name: str, cfg: TrainConfig,
+                    arch: dict[str, Any]) -> dict[str, Any]:
+    data = load_training_data(images=train_dir, masks=train_dir)
+    model = work / f"{name}.safetensors"
+    try:
+        result = train(data, model, cfg, arch=arch, overwrite=True)
+    finally:
+        data.close()
+    best = result.best or {}
+    return {"run": name, "steps": result.steps, "train_s": round(result.seconds, 1),
+            "tiles_per_s": result.history[-1]["tiles_per_s"] if result.history else None,
+            "best_epoch": best.get("epoch"), "epochs": len(result.history), **score(model, test_dir, work)}
+
+
+def bench_loss(args: argparse.Namespace) -> None:
+    train_dir, test_dir = write_data(args.out / "data")
+    arch = {"depth": args.depth, "width": args.width}
+    rows = []
+    for seed in args.seeds:
+        for loss in ("weighted", "ce"):
+            cfg = TrainConfig(loss=loss, seed=seed, threads=args.threads, **(  # type: ignore[arg-type]
+                {"steps": args.steps} if args.steps else {"max_time": args.minutes}))
+            row = {"loss": loss, "seed": seed, **train_and_score(train_dir, test_dir, args.out, f"{loss}-{seed}",
+                                                                  cfg, arch)}
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+    summary: dict[str, Any] = {"bench": "train loss", "budget": f"{args.steps} steps" if args.steps else
+                               f"{args.minutes} min", "depth": args.depth, "width": args.width, "seeds": args.seeds,
+                               "threads": args.threads, **data_summary(test_dir), "machine": machine(),
+                               "date": time.strftime("%Y-%m-%d")}
+    for loss in ("weighted", "ce"):
+        sub = [r for r in rows if r["loss"] == loss]
+        summary[loss] = {k: mean_sd([r[k] for r in sub])
+                         for k in ("merge_rate", "object_f1", "pq", "foreground_iou", "steps")}
+    print(json.dumps(summary, indent=2, ensure_ascii=False))
+
+
+# ------------------------------------------------------------------------------------ 2. throughput
+
+
+def bare_loop(arch: dict[str, Any], tile: int, batch: int, steps: int, lr: float, threads: int | None) -> float:
+    """Output px/s of the same network, loss and optimiser on random tensors already in memory."""
+    from slideseg.model.config import UNetConfig
+    from slideseg.model.unet import build_unet
+    from slideseg.train.loss import weighted_cross_entropy
+
+    if threads:
+        torch.set_num_threads(threads)
+    mcfg = UNetConfig(in_channels=1, **arch)
+    net = build_unet(mcfg, seed=0).train()
+    out = mcfg.geometry.usable_output(tile)
+    opt = torch.optim.Adam(net.parameters(), lr=lr)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, 1, tile, tile, generator=g)  # (N, 1, T, T)
+    y = (torch.rand(batch, out, out, generator=g) > 0.5).long()  # (N, t, t)
+    w = torch.rand(batch, out, out, generator=g) + 0.5  # (N, t, t)
+
+    def step() -> None:
+        logits = net(x)  # (N, 2, h, w)
+        m = (logits.shape[-1] - out) // 2
+        loss = weighted_cross_entropy(logits[..., m : m + out, m : m + out], y, w)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    for _ in range(3):  # warm-up
+        step()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return steps * batch * out * out / (time.perf_counter() - t0)
+
+
+def slideseg_loop(train_dir: Path, work: Path, arch: dict[str, Any], steps: int, threads: int | None
+                  ) -> tuple[float, int, int]:
+    """Output px/s of ``slideseg train`` over its steps after the first 3 (time between step events,
+    validation excluded), and its tile and batch."""
+    data = load_training_data(images=train_dir, masks=train_dir)
+    stamps: list[float] = []
+    cfg = TrainConfig(steps=steps + 3, threads=threads, holdout=0.0)
+
+    def on_event(e: Any) -> None:
+        if e.kind == "step":
+            stamps.append(time.perf_counter())
+
+    try:
+        result = train(data, work / "throughput.safetensors", cfg, arch=arch, overwrite=True, on_event=on_event)
+    finally:
+        data.close()
+    from slideseg.model.files import read_model_config
+
+    mcfg, meta = read_model_config(result.last)
+    tile = int(meta["tile"])
+    batch = int(meta["train_config"]["batch_size"])
+    out = mcfg.geometry.usable_output(tile)
+    return (len(stamps) - 3) * batch * out * out / (stamps[-1] - stamps[2]), tile, batch
+
+
+def bench_throughput(args: argparse.Namespace) -> None:
+    train_dir, _ = write_data(args.out / "data")
+    arch = {"depth": args.depth, "width": args.width}
+    rows = []
+    for repeat in range(args.repeat):
+        ours, tile, batch = slideseg_loop(train_dir, args.out, arch, args.steps, args.threads)
+        bare = bare_loop(arch, tile, batch, args.steps, 0.003, args.threads)
+        row = {"repeat": repeat, "tile": tile, "batch": batch, "slideseg_px_s": round(ours),
+               "bare_px_s": round(bare), "efficiency": round(ours / bare, 3)}
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    print(json.dumps({"bench": "train throughput", "steps": args.steps, "depth": args.depth, "width": args.width,
+                      "threads": args.threads, "efficiency": mean_sd([r["efficiency"] for r in rows]),
+                      "machine": machine(), "date": time.strftime("%Y-%m-%d")}, indent=2, ensure_ascii=False))
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--steps", type=int, default=600, help="Training steps (1 tile each) per run.")
+    ap.add_argument("what", choices=["loss", "throughput"])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--depth", type=int, default=3)
-    ap.add_argument("--width", type=int, default=8)
-    ap.add_argument("--tile", type=int, default=252)
-    ap.add_argument("--lr", type=float, default=0.003)
-    ap.add_argument("--size", type=int, default=1024, help="Edge of the training slide (held-out: half).")
-    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--minutes", type=float, default=2.0, help="Training time per run (loss).")
+    ap.add_argument("--steps", type=int, default=None, help="loss: steps per run instead of --minutes; "
+                    "throughput: timed steps (default 30).")
+    ap.add_argument("--depth", type=int, default=4)
+    ap.add_argument("--width", type=int, default=16)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--repeat", type=int, default=2, help="throughput: repetitions.")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/out/train"))
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    train_dir, test_dir = make_data(args.out, args.size)
-    rows = [run(train_dir, test_dir, args.out, loss, seed, args) for seed in args.seeds for loss in ("weighted", "ce")]
-    summary: dict[str, Any] = {
-        "bench": "train", "steps": args.steps, "depth": args.depth, "width": args.width, "tile": args.tile,
-        "lr": args.lr, "seeds": args.seeds, "torch_threads": args.threads or torch.get_num_threads(),
-        "machine": f"{platform.machine()} {_cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}",
-        "date": time.strftime("%Y-%m-%d")}
-    for loss in ("weighted", "ce"):
-        sub = [r for r in rows if r["loss"] == loss]
-        summary[loss] = {k: summarise(sub, k) for k in ("merge_rate", "object_f1", "foreground_iou", "tiles_per_s")}
-    print(json.dumps(summary, indent=2, ensure_ascii=False))
+    if args.what == "loss":
+        bench_loss(args)
+    else:
+        args.steps = args.steps or 30
+        bench_throughput(args)
 
 
 if __name__ == "__main__":

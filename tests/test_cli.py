@@ -11,8 +11,11 @@ import tifffile
 from typer.testing import CliRunner
 
 from slideseg.cli import app
-from tests.conftest import random_rgb
-from tests.test_predict import write_tiff
+from slideseg.errors import ConfigError
+from slideseg.model.config import read_model_config
+from slideseg.predict import DEFAULT_MODEL, BatchItem, PredictConfig, PredictResult, predict_slides
+from slideseg.write.mask import describe_mask
+from tests.conftest import random_rgb, write_tiff
 
 runner = CliRunner()
 
@@ -121,6 +124,72 @@ def test_debug_shows_the_traceback(tmp_path: Path, model: Path) -> None:
 def test_help_explains() -> None:
     code, out, _ = run("predict", "--help")
     assert code == 0 and "seamless" in out and "--tile" in out and "--overwrite" in out
+
+
+def test_predict_help_groups_its_options() -> None:
+    code, out, _ = run("predict", "--help")
+    assert code == 0
+    panels = ["Input", "Model and engine", "Output", "Scale-out (cluster)", "Display"]
+    starts = [out.find(f"─ {p} ─") for p in panels]
+    assert all(i >= 0 for i in starts) and starts == sorted(starts), out  # each panel, in this order
+    scale_out = out[starts[3]:starts[4]]
+    assert "--workers" in scale_out and "--walltime" in scale_out and "slideseg[hpc]" in scale_out
+    assert "--precision" in out[starts[1]:starts[2]] and "--resume" in out[starts[2]:starts[3]]
+
+
+def test_no_output(tmp_path: Path, model: Path) -> None:
+    slide = write_tiff(tmp_path / "s.ome.tif", random_rgb((60, 60)))
+    code, _, err = run("predict", slide, "--model", model)
+    _one_line_error(code, err, "no output given")
+
+
+def test_several_slides_into_a_directory(tmp_path: Path, model: Path) -> None:
+    slides = [write_tiff(tmp_path / f"{n}.ome.tif", random_rgb((60, 80), seed=k)) for k, n in enumerate("ab")]
+    args: tuple[str | Path, ...] = ("predict", *slides, "-o", tmp_path / "masks", "--model", model,
+                                    "--chunk", "64", "--no-progress")
+    code, out, err = run(*args)
+    assert code == 0, err
+    assert "2 slides" in out and out.count("done in") == 2
+    assert sorted(p.name for p in (tmp_path / "masks").iterdir()) == ["a.zarr", "b.zarr"]
+    code, out, err = run(*args)  # again: both are complete
+    assert code == 0, err
+    assert out.count("skipped") == 2 and "done in" not in out
+
+
+# ------------------------------------------------------------------ the routing behind the command
+
+
+def test_predict_slides_routes_one_slide_or_several(tmp_path: Path, model: Path) -> None:
+    slide = write_tiff(tmp_path / "s.ome.tif", random_rgb((60, 80)))
+    cfg = PredictConfig(chunk=64, device="cpu")
+    one = predict_slides([slide], tmp_path / "m.zarr", model, cfg)
+    assert isinstance(one, PredictResult) and one.output == tmp_path / "m.zarr"
+    into_dir = predict_slides([slide], f"{tmp_path / 'dir'}/", model, cfg)  # a trailing slash names a directory
+    assert isinstance(into_dir, list) and [it.output for it in into_dir] == [tmp_path / "dir" / "s.zarr"]
+    (tmp_path / "existing").mkdir()
+    in_existing = predict_slides([slide], tmp_path / "existing", model, cfg)  # an existing directory
+    assert isinstance(in_existing, list) and isinstance(in_existing[0], BatchItem)
+    assert in_existing[0].output == tmp_path / "existing" / "s.zarr" and in_existing[0].result is not None
+
+
+@pytest.mark.parametrize(("slides", "output", "into", "match"), [
+    ([], "m.zarr", None, "no slide given"),
+    (["s.ome.tif"], None, None, "no output given"),
+    (["s.ome.tif", "t.ome.tif"], None, "image.zarr", "--into writes the label of one image"),
+])
+def test_predict_slides_refuses_what_cannot_run(tmp_path: Path, model: Path, slides: list[str], output: str | None,
+                                               into: str | None, match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        predict_slides([tmp_path / s for s in slides], output, model, PredictConfig(into=into))
+
+
+def test_predict_slides_defaults_to_the_bundled_model(tmp_path: Path) -> None:
+    slide = write_tiff(tmp_path / "s.ome.tif", random_rgb((60, 80)))
+    result = predict_slides([slide], tmp_path / "m.zarr", None, PredictConfig(chunk=64, device="cpu"))
+    assert isinstance(result, PredictResult)
+    record = describe_mask(result.output)["slideseg"]
+    bundled, metadata = read_model_config(DEFAULT_MODEL)
+    assert record["model_config"] == bundled.to_dict() and record["model_metadata"] == metadata
 
 
 def test_truncated_tiff_fails_when_its_tiles_are_read(tmp_path: Path, model: Path) -> None:

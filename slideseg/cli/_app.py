@@ -8,6 +8,7 @@ the user did not set are not passed on.
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Callable
 from typing import Annotated, Any, TypeVar
 
@@ -60,6 +61,25 @@ def _given(**options: Any) -> dict[str, Any]:
 
 
 @app.callback()
-def _main(debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors.")] = False,
+def _main(debug: Annotated[bool, typer.Option(
+        "--debug", help="Show full tracebacks on errors, and the log messages of the libraries slideseg uses "
+                        "(Dask, tifffile, Zarr).")] = False,
           ) -> None:
     _state["debug"] = debug
+    _route_library_logs(debug)
+
+
+_LIBRARY_LOGGERS = ("distributed", "tifffile", "zarr", "numcodecs", "tornado", "asyncio")
+"""Libraries whose log messages (a task's traceback, warnings about a damaged file) repeat what
+slideseg's one-line error says; they are shown only with ``--debug``."""
+
+
+def _route_library_logs(debug: bool) -> None:
+    """Without ``--debug`` the libraries' own log lines are silenced, so a failure prints one line; with
+    it, they are shown, and slideseg's logger (which the cluster set-up also asks) speaks at DEBUG."""
+    logging.getLogger("slideseg").setLevel(logging.DEBUG if debug else logging.WARNING)
+    if debug:
+        logging.basicConfig(level=logging.WARNING, format="%(name)s: %(levelname)s: %(message)s")
+        return
+    for name in _LIBRARY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.CRITICAL)

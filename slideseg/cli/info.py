@@ -15,26 +15,43 @@ from slideseg.cli._app import _friendly_errors, app, out
 @app.command()
 @_friendly_errors
 def info(
-    path: Annotated[Path, typer.Argument(help="A slide, a slideseg mask (.zarr) or a model file.")],
+    path: Annotated[Path, typer.Argument(
+        help="A slide, a slideseg mask (.zarr), a model file or a bioimage.io package (.zip, rdf.yaml).")],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
-    series: Annotated[int | None, typer.Option(help="Image series of a multi-series slide.")] = None,
+    series: Annotated[int | None, typer.Option(
+        help="Image series of a multi-series slide. (default: the only image, else the only pyramidal one)")] = None,
+    check: Annotated[bool, typer.Option(
+        "--check", help="bioimage.io package: run its test input through --engine and compare with its test "
+                        "output (exit 2 if it is outside the package's tolerance).")] = False,
+    engine: Annotated[str | None, typer.Option(
+        help="Engine for --check: auto | torch | onnxruntime | tensorrt. (default: auto)")] = None,
+    device: Annotated[str | None, typer.Option(
+        help="Device for --check: auto | cpu | cuda[:N]. (default: auto)")] = None,
 ) -> None:
-    """Describe a slide, a mask written by `predict`, or a model file."""
-    from slideseg.errors import SlideReadError
+    """Describe a slide, a mask written by `predict`, a model file or a bioimage.io package."""
+    from slideseg.errors import ConfigError
+    from slideseg.tools.describe import describe
 
-    if not path.exists():
-        raise SlideReadError(f"{path} does not exist; check the path.")
-    if path.suffix == ".safetensors":
-        from slideseg.model.files import read_model_config
+    d = describe(path, series=series)
+    if check:
+        if d["kind"] != "bioimageio":
+            raise ConfigError(f"--check runs a bioimage.io package's test tensors; {path} is a {d['kind']}.")
+        from slideseg.tools.bioimageio import check_package, describe_check
 
-        cfg, meta = read_model_config(path)
-        d: dict[str, Any] = {"kind": "model", "config": cfg.to_dict(), "metadata": meta,
-                             "valid_tiles": cfg.geometry.describe_valid()}
-    else:
-        d = _describe_mask_or_slide(path, series)
+        result = check_package(path, engine or "auto", device or "auto")
+        d["check"] = result.to_dict()
     if as_json:
         print(json.dumps(d, indent=2, default=str))
-        return
+    else:
+        _print_table(path, d)
+    if check:
+        line = describe_check(result)
+        if not result.passed:
+            raise ConfigError(f"{path}: the package's test output is not reproduced: {line}")
+        out.print(line)
+
+
+def _print_table(path: Path, d: dict[str, Any]) -> None:
     table = Table(show_header=False, box=None, title=f"[bold]{path}[/] ({d['kind']})")
     for key, value in _summary(d).items():
         table.add_row(key, value)
@@ -46,6 +63,8 @@ def info(
 def _summary(d: dict[str, Any]) -> dict[str, str]:
     """One screen of the most useful facts; `--json` has the rest."""
     rows: dict[str, str] = {}
+    if d["kind"] == "bioimageio":
+        return _package_summary(d)
     if d["kind"] == "model":
         cfg = d["config"]
         rows = {k: json.dumps(v) for k, v in cfg.items()}
@@ -91,16 +110,22 @@ def _summary(d: dict[str, Any]) -> dict[str, str]:
     return rows
 
 
-def _describe_mask_or_slide(path: Path, series: int | None) -> dict[str, Any]:
-    """A slideseg mask if the path is one (write.open_mask decides), else a slide."""
-    from slideseg.errors import OutputFormatError
-    from slideseg.io.slide import open_slide
-    from slideseg.write.mask import describe_mask
-
-    if path.is_dir():
-        try:
-            return {"kind": "mask", **describe_mask(path)}
-        except OutputFormatError:
-            pass  # a Zarr or OME-Zarr image, not a mask
-    with open_slide(path, series=series) as s:
-        return {"kind": "slide", **s.describe()}
+def _package_summary(d: dict[str, Any]) -> dict[str, str]:
+    """What slideseg understood of a bioimage.io package."""
+    halo = (f", halo {d['halo']} px (declared {d['declared_halo']})" if d["padding"] == "same"
+            else f", {d['context']} px of context per side")
+    rows = {
+        "name": f"{d['name']} (bioimage.io format {d['format_version']})",
+        "axes": f"input {d['input_axes']}, output {d['output_axes']}",
+        "tiles": f"{d['size_rule']}: {d['padding']} padding{halo}; tiles on a {d['alignment']} px grid",
+        "channels": f"{d['in_channels']} in; classes {', '.join(d['classes'])}",
+        "weights": ", ".join(d["weights"]) + (f" (not read: {', '.join(d['other_weights'])})"
+                                              if d["other_weights"] else ""),
+        "pre-processing": d["preprocessing"] + (" (statistics of the whole slide)" if d["slide_statistics"] else ""),
+        "output": f"{d['output']['channels']} channel(s), post-processing {d['output']['postprocessing']}",
+        "mpp": f"{d['mpp']:.4g} µm/px" if d.get("mpp") else "any",
+        "test tensors": "yes (slideseg info --check)" if d["test_tensors"] else "none",
+    }
+    for i, note in enumerate(d["notes"]):
+        rows[f"note {i + 1}" if len(d["notes"]) > 1 else "note"] = note
+    return rows

@@ -25,30 +25,29 @@ def new_model(
     mpp: Annotated[float | None, typer.Option(help="Pixel size the model expects, µm. (default: 0.5)")] = None,
     norm_mean: Annotated[str | None, typer.Option(help="Input mean, comma-separated. (default: 127.5)")] = None,
     norm_std: Annotated[str | None, typer.Option(help="Input std, comma-separated. (default: 127.5)")] = None,
-    class_names: Annotated[str | None, typer.Option(help="Class names, comma-separated.")] = None,
-    seed: Annotated[int, typer.Option(help="Seed of the He-normal initialisation.")] = 0,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing file.")] = False,
+    class_names: Annotated[str | None, typer.Option(
+        help="Class names, comma-separated. (default: background, class 1, ...)")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed of the He-normal initialisation. (default: 0)")] = None,
+    overwrite: Annotated[bool | None, typer.Option("--overwrite", help="Replace an existing file.")] = None,
 ) -> None:
     """Write a He-initialised (untrained) U-Net: the start for `train`, and a model for checks."""
-    from slideseg.errors import OutputExistsError
     from slideseg.model.config import UNetConfig
-    from slideseg.model.files import save_model
-    from slideseg.model.unet import build_unet
+    from slideseg.tools.new_model import write_new_model
 
-    if output.exists() and not overwrite:
-        raise OutputExistsError(f"{output} exists; pass --overwrite to replace it.")
     cfg = UNetConfig(**_given(
         depth=depth, width=width, in_channels=in_channels, classes=classes, padding=padding, halo=halo,
         dropout=dropout, mirror=mirror, mpp=mpp, norm_mean=_floats(norm_mean, "--norm-mean"),
         norm_std=_floats(norm_std, "--norm-std"),
         class_names=tuple(class_names.split(",")) if class_names else None))
-    digest = save_model(output, build_unet(cfg, seed=seed), cfg, {"trained": False, "seed": seed})
-    g = cfg.geometry
-    out.print(f"wrote {output}: depth {cfg.depth}, width {cfg.width}, {cfg.in_channels} -> {cfg.classes} "
-              f"classes, {cfg.padding} padding; valid tiles: {g.describe_valid()}; sha256 {digest[:12]}")
+    made = write_new_model(output, cfg, **_given(seed=seed, overwrite=overwrite))
+    c = made.config
+    out.print(f"wrote {made.path}: depth {c.depth}, width {c.width}, {c.in_channels} -> {c.classes} "
+              f"classes, {c.padding} padding; valid tiles: {c.geometry.describe_valid()}; "
+              f"sha256 {made.weights_sha256[:12]}")
 
 
 def _floats(text: str | None, option: str) -> tuple[float, ...] | None:
+    """Parse comma-separated numbers ("127.5,127.5,127.5"); None stays None (not given)."""
     from slideseg.errors import ConfigError
 
     if text is None:

@@ -1,4 +1,5 @@
-"""`slideseg predict`."""
+"""`slideseg predict`: parse the options, build the configs (passing on only what was set), call
+:func:`slideseg.predict.predict_slides`, print what it did."""
 
 from __future__ import annotations
 
@@ -10,8 +11,11 @@ from rich.table import Table
 
 from slideseg.cli._app import _friendly_errors, _given, app, err, out
 
-_CLUSTER = "Workers (default: threads in this process)"
-_HPC = "Batch clusters (--cluster, needs slideseg[hpc])"
+_INPUT = "Input"
+_MODEL = "Model and engine"
+_OUTPUT = "Output"
+_SCALE = "Scale-out (cluster)"
+_DISPLAY = "Display"
 
 
 @app.command()
@@ -20,73 +24,101 @@ def predict(
     slides: Annotated[list[Path], typer.Argument(
         help="Slide(s): OME-TIFF, SVS, NDPI, tiled TIFF, OME-Zarr (0.4/0.5), Zarr, PNG/JPEG.",
         show_default=False)],
-    output: Annotated[str | None, typer.Option(
-        "-o", "--output", help="Output OME-Zarr label image (mask.zarr); a directory (DIR/) for several slides.")
-    ] = None,
-    model: Annotated[Path | None, typer.Option("--model", "-m", help=(
-        "Model: a slideseg .safetensors file, or your own .onnx / .pt2 / TorchScript file with a sidecar "
-        "MODEL.json. (default: the bundled model)"))] = None,
-    tile: Annotated[int | None, typer.Option(
-        help="Network input tile edge in px (depth-4 valid: 16k+12). Default: one tile per chunk.")] = None,
-    batch_size: Annotated[int | None, typer.Option(
-        help="Tiles per engine call. (default: 4 on GPU; CPU: up to 1.5 MP)")] = None,
-    chunk: Annotated[int | None, typer.Option(help="Output chunk edge in px. (default: 1024)")] = None,
-    ngff: Annotated[str | None, typer.Option(
-        help="Output format: 0.4 (Zarr v2; QuPath, napari, OMERO) or 0.5 (Zarr v3, sharded). (default: 0.4)")] = None,
-    shard: Annotated[int | None, typer.Option(
-        help="NGFF 0.5 shard edge in px, a multiple of --chunk. (default: 4 chunks)")] = None,
-    into: Annotated[Path | None, typer.Option(
-        help="Write the mask as a label of this OME-Zarr image (INTO/labels/NAME) instead of -o.")] = None,
-    name: Annotated[str | None, typer.Option(help="Label name with --into. (default: segmentation)")] = None,
     level: Annotated[int | None, typer.Option(
-        help="Pyramid level to read. (default: the level nearest the model's µm/px, resampled to it)")] = None,
+        help="Pyramid level to read. (default: the level nearest the model's µm/px, resampled to it)",
+        rich_help_panel=_INPUT)] = None,
     mpp: Annotated[float | None, typer.Option(
-        help="The slide's level-0 pixel size in µm, overriding its metadata.")] = None,
+        help="The slide's level-0 pixel size in µm, overriding its metadata.", rich_help_panel=_INPUT)] = None,
     channels: Annotated[str | None, typer.Option(
-        help="Channels to feed the model, in order, e.g. 0,2. (default: all)")] = None,
-    series: Annotated[int | None, typer.Option(help="Image series of a multi-series file. (default: 0)")] = None,
-    device: Annotated[str | None, typer.Option(help="auto | cpu | cuda[:N]. (default: auto)")] = None,
+        help="Channels to feed the model, in order, e.g. 0,2. (default: all)", rich_help_panel=_INPUT)] = None,
+    series: Annotated[int | None, typer.Option(
+        help="Image series of a multi-series file. (default: 0)", rich_help_panel=_INPUT)] = None,
+    tissue: Annotated[bool | None, typer.Option(
+        "--tissue/--no-tissue", help="Run only chunks with tissue; the rest read as background. (default: on)",
+        rich_help_panel=_INPUT)] = None,
+    tissue_mask: Annotated[Path | None, typer.Option(
+        help="Low-resolution tissue mask (image or Zarr, non-zero = tissue) instead of detection.",
+        rich_help_panel=_INPUT)] = None,
+    model: Annotated[Path | None, typer.Option("--model", "-m", help=(
+        "Model: a slideseg .safetensors file, a bioimage.io package (.zip, rdf.yaml), or your own .onnx / "
+        ".pt2 / TorchScript file with a sidecar MODEL.json. (default: the bundled model)"),
+        rich_help_panel=_MODEL)] = None,
+    norm: Annotated[str | None, typer.Option(
+        help="model | slide. slide: each channel to zero mean and unit variance with the slide's statistics, in "
+             "place of the model's constants. (default: model; statistics steps of a package always take the "
+             "slide's)", rich_help_panel=_MODEL)] = None,
+    norm_level: Annotated[int | None, typer.Option(
+        help="Pyramid level the slide's normalisation statistics come from (tissue only). (default: the finest "
+             "level of at most 4 megapixels)", rich_help_panel=_MODEL)] = None,
     engine: Annotated[str | None, typer.Option(
         help="auto | torch | onnxruntime | tensorrt. auto: TensorRT if installed and a GPU is present, else "
-             "torch on CUDA, else the fastest CPU engine (measured once, cached in engines/). (default: auto)")] = None,
-    precision: Annotated[str | None, typer.Option(help="fp32 | fp16 | bf16. (default: fp32)")] = None,
-    compile: Annotated[bool | None, typer.Option("--compile", help="torch.compile the network.")] = None,
+             "torch on CUDA, else the fastest CPU engine (measured once, cached in engines/). (default: auto)",
+        rich_help_panel=_MODEL)] = None,
+    device: Annotated[str | None, typer.Option(
+        help="auto | cpu | cuda[:N]. (default: auto)", rich_help_panel=_MODEL)] = None,
+    precision: Annotated[str | None, typer.Option(
+        help="fp32 | fp16 | bf16. (default: fp32)", rich_help_panel=_MODEL)] = None,
+    tile: Annotated[int | None, typer.Option(
+        help="Network input tile edge in px (depth-4 valid: 16k+12). Default: one tile per chunk.",
+        rich_help_panel=_MODEL)] = None,
+    batch_size: Annotated[int | None, typer.Option(
+        help="Tiles per engine call. (default: 4 on GPU; CPU: up to 1.5 MP)", rich_help_panel=_MODEL)] = None,
+    threads: Annotated[int | None, typer.Option(
+        help="CPU threads for the engine. (default: all)", rich_help_panel=_MODEL)] = None,
+    compile: Annotated[bool | None, typer.Option(
+        "--compile", help="torch.compile the network.", rich_help_panel=_MODEL)] = None,
+    output: Annotated[str | None, typer.Option(
+        "-o", "--output", help="Output OME-Zarr label image (mask.zarr); a directory (DIR/) for several slides.",
+        rich_help_panel=_OUTPUT)] = None,
+    into: Annotated[Path | None, typer.Option(
+        help="Write the mask as a label of this OME-Zarr image (INTO/labels/NAME) instead of -o.",
+        rich_help_panel=_OUTPUT)] = None,
+    name: Annotated[str | None, typer.Option(
+        help="Label name with --into. (default: segmentation)", rich_help_panel=_OUTPUT)] = None,
+    chunk: Annotated[int | None, typer.Option(
+        help="Output chunk edge in px. (default: 1024)", rich_help_panel=_OUTPUT)] = None,
+    ngff: Annotated[str | None, typer.Option(
+        help="Output format: 0.4 (Zarr v2; QuPath, napari, OMERO) or 0.5 (Zarr v3, sharded). (default: 0.4)",
+        rich_help_panel=_OUTPUT)] = None,
+    shard: Annotated[int | None, typer.Option(
+        help="NGFF 0.5 shard edge in px, a multiple of --chunk. (default: 4 chunks)", rich_help_panel=_OUTPUT)] = None,
     probabilities: Annotated[bool | None, typer.Option(
-        "--probabilities/--no-probabilities", help="Also write per-class probabilities (uint8).")] = None,
-    preview: Annotated[bool | None, typer.Option(
-        "--preview", help="Also write mask.png beside the output: the slide with the mask overlaid.")] = None,
-    tissue: Annotated[bool | None, typer.Option(
-        "--tissue/--no-tissue", help="Run only chunks with tissue; the rest read as background. (default: on)")] = None,
-    tissue_mask: Annotated[Path | None, typer.Option(
-        help="Low-resolution tissue mask (image or Zarr, non-zero = tissue) instead of detection.")] = None,
+        "--probabilities/--no-probabilities", help="Also write per-class probabilities (uint8).",
+        rich_help_panel=_OUTPUT)] = None,
     overwrite: Annotated[bool | None, typer.Option(
-        "--overwrite", help="Replace an existing output (never done otherwise).")] = None,
+        "--overwrite", help="Replace an existing output (never done otherwise).", rich_help_panel=_OUTPUT)] = None,
     resume: Annotated[bool | None, typer.Option(
-        "--resume", help="Finish an interrupted run: only missing chunks run; the result is identical.")] = None,
-    threads: Annotated[int | None, typer.Option(help="CPU threads for the engine. (default: all)")] = None,
-    io_threads: Annotated[int, typer.Option(
-        help="Threads per worker reading and writing chunks.", rich_help_panel=_CLUSTER)] = 2,
+        "--resume", help="Finish an interrupted run: only missing chunks run; the result is identical.",
+        rich_help_panel=_OUTPUT)] = None,
     workers: Annotated[int | None, typer.Option(
-        help="Start a local Dask cluster of N worker processes.", rich_help_panel=_CLUSTER)] = None,
+        help="Start a local Dask cluster of N worker processes. (default: threads in this process)",
+        rich_help_panel=_SCALE)] = None,
+    io_threads: Annotated[int | None, typer.Option(
+        help="Threads per worker reading and writing chunks. (default: 2)", rich_help_panel=_SCALE)] = None,
     scheduler_file: Annotated[Path | None, typer.Option(
-        help="Use the running Dask cluster of this scheduler file.", rich_help_panel=_CLUSTER)] = None,
+        help="Use the running Dask cluster of this scheduler file.", rich_help_panel=_SCALE)] = None,
     scheduler_address: Annotated[str | None, typer.Option(
-        help="Use the running Dask scheduler at tcp://host:port.", rich_help_panel=_CLUSTER)] = None,
-    cluster: Annotated[str | None, typer.Option(help="slurm | pbs: start workers as batch jobs.",
-                                                rich_help_panel=_HPC)] = None,
-    jobs: Annotated[int | None, typer.Option(help="Batch jobs (one worker each). (default: 1)",
-                                             rich_help_panel=_HPC)] = None,
-    cores: Annotated[int | None, typer.Option(help="Cores per job. (default: 8)", rich_help_panel=_HPC)] = None,
-    memory: Annotated[str | None, typer.Option(help="Memory per job. (default: 32GB)", rich_help_panel=_HPC)] = None,
-    gpus_per_job: Annotated[int | None, typer.Option(help="GPUs per job. (default: 0)", rich_help_panel=_HPC)] = None,
-    walltime: Annotated[str | None, typer.Option(help="Walltime per job. (default: 04:00:00)",
-                                                 rich_help_panel=_HPC)] = None,
-    queue: Annotated[str | None, typer.Option(help="Partition or queue.", rich_help_panel=_HPC)] = None,
-    account: Annotated[str | None, typer.Option(help="Account or project.", rich_help_panel=_HPC)] = None,
-    interface: Annotated[str | None, typer.Option(help="Scheduler network interface (e.g. ib0).",
-                                                  rich_help_panel=_HPC)] = None,
+        help="Use the running Dask scheduler at tcp://host:port.", rich_help_panel=_SCALE)] = None,
+    cluster: Annotated[str | None, typer.Option(
+        help="slurm | pbs: start workers as batch jobs (needs slideseg\\[hpc]).", rich_help_panel=_SCALE)] = None,
+    jobs: Annotated[int | None, typer.Option(
+        help="Batch jobs (one worker each). (default: 1)", rich_help_panel=_SCALE)] = None,
+    cores: Annotated[int | None, typer.Option(help="Cores per job. (default: 8)", rich_help_panel=_SCALE)] = None,
+    memory: Annotated[str | None, typer.Option(help="Memory per job. (default: 32GB)", rich_help_panel=_SCALE)] = None,
+    gpus_per_job: Annotated[int | None, typer.Option(
+        help="GPUs per job. (default: 0)", rich_help_panel=_SCALE)] = None,
+    walltime: Annotated[str | None, typer.Option(
+        help="Walltime per job. (default: 04:00:00)", rich_help_panel=_SCALE)] = None,
+    queue: Annotated[str | None, typer.Option(help="Partition or queue.", rich_help_panel=_SCALE)] = None,
+    account: Annotated[str | None, typer.Option(help="Account or project.", rich_help_panel=_SCALE)] = None,
+    interface: Annotated[str | None, typer.Option(
+        help="Scheduler network interface (e.g. ib0).", rich_help_panel=_SCALE)] = None,
     progress: Annotated[bool, typer.Option(
-        "--progress/--no-progress", help="Show progress (plain lines when not on a terminal).")] = True,
+        "--progress/--no-progress", help="Show progress (plain lines when not on a terminal).",
+        rich_help_panel=_DISPLAY)] = True,
+    preview: Annotated[bool | None, typer.Option(
+        "--preview", help="Also write mask.png beside the output: the slide with the mask overlaid.",
+        rich_help_panel=_DISPLAY)] = None,
 ) -> None:
     """Segment slides into OME-Zarr label images, chunk by chunk, seamlessly.
 
@@ -96,52 +128,38 @@ def predict(
     that are already complete are skipped.
     """
     from slideseg.cli.progress import PredictProgress
-    from slideseg.predict import PredictConfig, predict_many
-    from slideseg.predict import predict as run_predict
+    from slideseg.predict import PredictConfig, predict_slides
     from slideseg.schedule.cluster import ClusterConfig
 
     cfg = PredictConfig(**_given(
         tile=tile, batch_size=batch_size, chunk=chunk, ngff=ngff, shard=shard, level=level, mpp=mpp,
         channels=channels, series=series, device=device, engine=engine, precision=precision,
         compile=compile, probabilities=probabilities, preview=preview, tissue=tissue,
-        tissue_mask=str(tissue_mask) if tissue_mask else None, overwrite=overwrite, resume=resume,
-        into=str(into) if into else None, name=name,
-        threads=threads))
-    cc = ClusterConfig(threads=io_threads, **_given(
-        workers=workers, scheduler_file=str(scheduler_file) if scheduler_file else None,
+        tissue_mask=_text(tissue_mask), overwrite=overwrite, resume=resume, into=_text(into), name=name,
+        threads=threads, norm=norm, norm_level=norm_level))
+    cc = ClusterConfig(**_given(
+        threads=io_threads, workers=workers, scheduler_file=_text(scheduler_file),
         scheduler_address=scheduler_address, cluster=cluster, jobs=jobs, cores=cores, memory=memory,
         gpus_per_job=gpus_per_job, walltime=walltime, queue=queue, account=account, interface=interface))
-    model_path = model if model is not None else _default_model()
-    if output is None and into is None:
-        from slideseg.errors import ConfigError
-
-        raise ConfigError("no output given: pass -o mask.zarr (or -o DIR/ for several slides), or --into IMAGE")
-    if into is not None and len(slides) > 1:
-        from slideseg.errors import ConfigError
-
-        raise ConfigError("--into writes the label of one image; run one slide at a time with --into.")
-    many = output is not None and (len(slides) > 1 or output.endswith("/")
-                                   or (Path(output).is_dir() and Path(output).suffix != ".zarr"))
     with PredictProgress(n_slides=len(slides), console=err, enabled=progress) as observer:
-        if not many:
-            result = run_predict(slides[0], Path(output) if output else None, model_path, cfg, cc, observer)
-            items = None
-        else:
-            assert output is not None
-            items = predict_many(slides, Path(output), model_path, cfg, cc, observer)
-    if items is None:
-        _summary(result)
+        outcome = predict_slides(slides, output, model, cfg, cc, observer)
+    if not isinstance(outcome, list):
+        _summary(outcome)
         return
-    table = Table(title=f"[bold]{len(items)} slides -> {output}[/]")
+    table = Table(title=f"[bold]{len(outcome)} slides -> {output}[/]")
     for col in ("slide", "output", "outcome"):
         table.add_column(col)
-    for it in items:
-        outcome = (f"[red]error:[/] {it.error}" if it.error else f"skipped ({it.skipped})" if it.skipped
-                   else f"done in {it.result.seconds:.1f} s" if it.result else "")
-        table.add_row(str(it.slide), str(it.output), outcome)
+    for it in outcome:
+        done = (f"[red]error:[/] {it.error}" if it.error else f"skipped ({it.skipped})" if it.skipped
+                else f"done in {it.result.seconds:.1f} s" if it.result else "")
+        table.add_row(str(it.slide), str(it.output), done)
     out.print(table)
-    if any(it.error for it in items):
+    if any(it.error for it in outcome):
         raise typer.Exit(2)
+
+
+def _text(path: Path | None) -> str | None:
+    return str(path) if path is not None else None
 
 
 def _summary(result: object) -> None:
@@ -166,12 +184,3 @@ def _summary(result: object) -> None:
     for note in result.warnings:
         err.print(f"[yellow]note:[/] {note}", highlight=False)
 
-
-def _default_model() -> Path:
-    from slideseg.errors import ModelFileError
-
-    bundled = Path(__file__).resolve().parent.parent / "weights" / "default.safetensors"
-    if bundled.is_file():
-        return bundled
-    raise ModelFileError("no --model given and no default model is bundled; create one with "
-                         "`slideseg new-model -o unet.safetensors` and pass --model unet.safetensors.")

@@ -18,8 +18,9 @@ def synth(
     size: Annotated[tuple[int, int], typer.Option(help="Height and width in px.")] = (4096, 4096),
     seed: Annotated[int | None, typer.Option(help="Random seed. (default: 0)")] = None,
     mpp: Annotated[float | None, typer.Option(help="Pixel size, µm. (default: 0.5)")] = None,
-    tissue_fraction: Annotated[float | None, typer.Option(help="Fraction covered by tissue.")] = None,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing files.")] = False,
+    tissue_fraction: Annotated[float | None, typer.Option(
+        help="Fraction covered by tissue, in (0, 1]. (default: 0.6)")] = None,
+    overwrite: Annotated[bool | None, typer.Option("--overwrite", help="Replace existing files.")] = None,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show progress.")] = True,
 ) -> None:
     """Write a synthetic H&E-like pyramidal OME-TIFF with ground-truth labels beside it."""
@@ -28,12 +29,14 @@ def synth(
 
     cfg = SynthConfig(size=size, **_given(seed=seed, mpp=mpp, tissue_fraction=tissue_fraction))
     with chunk_progress(f"synth {output.name}", enabled=progress, console=err, unit="tiles") as start:
-        counter: dict[str, Callable[[int], None]] = {}
+        ticks: list[Callable[[int], None]] = []  # one progress task, started at the first tile
 
         def on_tile(done: int, total: int) -> None:
-            counter.setdefault("tick", start(total, 0))(0)
+            if not ticks:
+                ticks.append(start(total, 0))
+            ticks[0](0)
 
-        result = write_synthetic_slide(output, cfg, overwrite=overwrite, progress=on_tile)
+        result = write_synthetic_slide(output, cfg, progress=on_tile, **_given(overwrite=overwrite))
     out.print(f"wrote {result.image_path} ({result.shape[0]} x {result.shape[1]} px, {result.levels} levels, "
               f"tissue {result.tissue_fraction:.0%}, nuclei {result.nucleus_fraction:.0%}) "
               f"and {result.truth_path}")

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -20,41 +18,60 @@ Opt = typer.Option
 @_friendly_errors
 def train(
     output: Annotated[Path, Opt("-o", "--output", help="Model file to write (.safetensors); the best by "
-                                "validation loss. X.last.safetensors, X.resume.safetensors and X.metrics.csv "
-                                "go beside it.")],
+                                "validation object F1 and loss. X.last.safetensors, X.resume.safetensors and "
+                                "X.metrics.csv go beside it.")],
     images: Annotated[Path | None, Opt(help="Directory of training images (TIFF, OME-TIFF, PNG, Zarr).")] = None,
     masks: Annotated[Path | None, Opt(help="Directory of masks matched to images by name (a.tif -> a.png, "
                                       "a_mask.tif, a.truth.zarr); may be the images directory.")] = None,
     manifest: Annotated[Path | None, Opt(help="CSV with columns image,mask[,split] instead of directories.")] = None,
     val_images: Annotated[Path | None, Opt(help="Directory of validation images.")] = None,
     val_masks: Annotated[Path | None, Opt(help="Directory of validation masks.")] = None,
-    val_fraction: Annotated[float, Opt(help="Hold out this fraction of the images (of the rows of a "
-                                       "single image) for validation.")] = 0.0,
-    mask_kind: Annotated[str, Opt(help="instances (object ids; 2 classes) | classes (class ids).")] = "instances",
+    val_fraction: Annotated[float | None, Opt(help="Hold out this fraction of the images (of the rows of a "
+                                              "single image) for validation. (default: 0; see --holdout)")] = None,
+    holdout: Annotated[float | None, Opt(help="Without validation data, hold out this fraction for it: whole "
+                                         "images when there are 5 or more, else a band of each (>= 64 px). "
+                                         "0: none. (default: 0.1)")] = None,
+    mask_kind: Annotated[str | None, Opt(help="instances (object ids; 2 classes) | classes (class ids). "
+                                         "(default: instances)")] = None,
     init: Annotated[Path | None, Opt(help="Start from this model file (new-model output or a checkpoint).")] = None,
     depth: Annotated[int | None, Opt(help="New model: poolings. (default: 4)")] = None,
-    width: Annotated[int | None, Opt(help="New model: channels of the first level. (default: 64)")] = None,
+    width: Annotated[int | None, Opt(help="New model: channels of the first level. (default: 64 on a GPU, "
+                                     "16 on a CPU)")] = None,
     classes: Annotated[int | None, Opt(help="New model: classes incl. background. (default: from masks)")] = None,
     padding: Annotated[str | None, Opt(help="New model: valid | same. (default: valid)")] = None,
-    halo: Annotated[int | None, Opt(help="New model: tiling halo for same padding, px.")] = None,
+    halo: Annotated[int | None, Opt(help="New model: tiling halo for same padding, px. (default: 0)")] = None,
     dropout: Annotated[float | None, Opt(help="New model: dropout at the bottom. (default: 0.5)")] = None,
     mirror: Annotated[str | None, Opt(help="New model: reflect | symmetric. (default: reflect)")] = None,
     mpp: Annotated[float | None, Opt(help="New model: pixel size it expects, µm. (default: 0.5)")] = None,
-    class_names: Annotated[str | None, Opt(help="New model: class names, comma-separated.")] = None,
-    epochs: Annotated[int | None, Opt(help="Passes over the data. (default: 10)")] = None,
-    steps: Annotated[int | None, Opt(help="Optimiser steps in all (instead of --epochs).")] = None,
-    tiles_per_epoch: Annotated[int | None, Opt(help="Tiles per epoch. (default: cover each image once)")] = None,
-    max_time: Annotated[float | None, Opt(help="Stop cleanly after this many minutes (resume later).")] = None,
+    class_names: Annotated[str | None, Opt(help="New model: class names, comma-separated. (default: background, "
+                                             "class 1, ...)")] = None,
+    epochs: Annotated[int | None, Opt(help="Epochs to train (an epoch: --tiles-per-epoch tiles, then "
+                                      "validation). (default: the budget rule, see --max-time)")] = None,
+    steps: Annotated[int | None, Opt(help="Optimiser steps in all (instead of --epochs). "
+                                     "(default: the budget rule)")] = None,
+    tiles_per_epoch: Annotated[int | None, Opt(help="Tiles between validations. (default: the tiles that cover "
+                                               "the training images once, 256 to 2048)")] = None,
+    max_time: Annotated[float | None, Opt(help="Minutes. Alone: train until the time is up (the schedule spans "
+                                       "it). With --steps/--epochs: stop cleanly then (--resume continues). "
+                                       "(default: no limit; without any budget: 50 passes over the data, at "
+                                       "least 3000 and at most 100000 tiles)")] = None,
+    patience: Annotated[int | None, Opt(help="Stop after this many validations without improvement. "
+                                        "(default: never)")] = None,
+    recipe: Annotated[str | None, Opt(help="Defaults of the optimisation options: default (Adam 0.003, 8 tiles "
+                                      "with 128-px output per step, measured best on a CPU) | paper (SGD 0.001, "
+                                      "momentum 0.99, one 572-px tile per step). (default: default)")] = None,
     seed: Annotated[int | None, Opt(help="Seed of weights, tiles, augmentation, dropout. (default: 0)")] = None,
-    tile: Annotated[int | None, Opt(help="Input tile edge, px (valid for the model). (default: output >= 256)")] = None,
-    batch_size: Annotated[int | None, Opt(help="Tiles per step. (default: 1)")] = None,
-    optimizer: Annotated[str | None, Opt(help="sgd | adam. (default: sgd)")] = None,
-    lr: Annotated[float | None, Opt(help="Peak learning rate. (default: 0.001)")] = None,
-    momentum: Annotated[float | None, Opt(help="SGD momentum. (default: 0.99)")] = None,
+    tile: Annotated[int | None, Opt(help="Input tile edge, px (valid for the model). (default: the recipe's: "
+                                    "output >= 128 px, paper >= 388)")] = None,
+    batch_size: Annotated[int | None, Opt(help="Tiles per step. (default: the recipe's: 8, paper 1)")] = None,
+    optimizer: Annotated[str | None, Opt(help="sgd | adam. (default: the recipe's: adam, paper sgd)")] = None,
+    lr: Annotated[float | None, Opt(help="Peak learning rate. (default: the recipe's: 0.003, paper 0.001)")] = None,
+    momentum: Annotated[float | None, Opt(help="SGD momentum. (default: the recipe's: paper 0.99)")] = None,
     weight_decay: Annotated[float | None, Opt(help="L2 weight decay. (default: 0)")] = None,
     lr_schedule: Annotated[str | None, Opt(help="cosine | poly | constant. (default: cosine)")] = None,
-    warmup_steps: Annotated[int | None, Opt(help="Linear warm-up steps. (default: 0)")] = None,
-    grad_clip: Annotated[float | None, Opt(help="Clip the gradient norm to this.")] = None,
+    warmup_steps: Annotated[int | None, Opt(help="Linear warm-up steps. (default: the recipe's: 20, paper 0)")
+                            ] = None,
+    grad_clip: Annotated[float | None, Opt(help="Clip the gradient norm to this. (default: off)")] = None,
     loss: Annotated[str | None, Opt(help="weighted (the paper's weight map) | ce (plain). (default: weighted)")] = None,
     w0: Annotated[float | None, Opt(help="Border weight w0. (default: 10)")] = None,
     sigma: Annotated[float | None, Opt(help="Border width sigma, px. (default: 5)")] = None,
@@ -63,7 +80,8 @@ def train(
     separation_borders: Annotated[bool | None, Opt("--separation-borders/--no-separation-borders",
                                                    help="Instance masks: background where objects touch. "
                                                    "(default: on)")] = None,
-    balanced_sampling: Annotated[bool | None, Opt("--balanced-sampling", help="Draw tiles class-balanced.")] = None,
+    balanced_sampling: Annotated[bool | None, Opt("--balanced-sampling",
+                                                  help="Draw tiles class-balanced. (default: off)")] = None,
     elastic: Annotated[bool | None, Opt("--elastic/--no-elastic", help="Elastic deformation. (default: on)")] = None,
     flips: Annotated[bool | None, Opt("--flips/--no-flips", help="Flips and 90° rotations. (default: on)")] = None,
     stain_jitter: Annotated[float | None, Opt(help="H&E stain jitter strength, e.g. 0.05. (default: 0)")] = None,
@@ -74,11 +92,13 @@ def train(
     amp: Annotated[bool | None, Opt("--amp/--no-amp", help="Mixed precision on CUDA. (default: on)")] = None,
     threads: Annotated[int | None, Opt(help="CPU threads for torch. (default: all)")] = None,
     workers: Annotated[int | None, Opt(help="Background threads loading tiles. (default: 2)")] = None,
-    resume: Annotated[bool, Opt("--resume", help="Continue the run whose files sit beside -o.")] = False,
-    overwrite: Annotated[bool, Opt("--overwrite", help="Replace an existing model file and its companions.")] = False,
+    resume: Annotated[bool | None, Opt("--resume", help="Continue the run whose files sit beside -o.")] = None,
+    overwrite: Annotated[bool | None, Opt("--overwrite",
+                                          help="Replace an existing model file and its companions.")] = None,
     progress: Annotated[bool, Opt("--progress/--no-progress", help="Show progress.")] = True,
 ) -> None:
     """Train a U-Net with the paper's weighted loss; writes the same model files predict reads."""
+    from slideseg.cli.progress import train_progress
     from slideseg.train.augment import AugmentConfig
     from slideseg.train.data import load_training_data
     from slideseg.train.loop import TrainConfig
@@ -91,70 +111,44 @@ def train(
         warmup_steps=warmup_steps, grad_clip=grad_clip, loss=loss, w0=w0, sigma=sigma, class_balance=class_balance,
         separation_borders=separation_borders, balanced_sampling=balanced_sampling, normalisation=normalisation,
         val_tiles=val_tiles, seed=seed, max_time=max_time, device=device, amp=amp, threads=threads,
-        workers=workers))
+        workers=workers, holdout=holdout, patience=patience, recipe=recipe))
     arch = _given(depth=depth, width=width, classes=classes, padding=padding, halo=halo, dropout=dropout,
                   mirror=mirror, mpp=mpp, class_names=tuple(class_names.split(",")) if class_names else None)
     data = load_training_data(images=images, masks=masks, manifest=manifest, val_images=val_images,
-                              val_masks=val_masks, val_fraction=val_fraction, mask_kind=mask_kind,  # type: ignore[arg-type]
-                              seed=cfg.seed)
+                              val_masks=val_masks, seed=cfg.seed,
+                              **_given(val_fraction=val_fraction, mask_kind=mask_kind))
     try:
-        with _progress(progress) as on_event:
-            result = run_train(data, output, cfg, init=init, arch=arch or None, resume=resume, overwrite=overwrite,
-                               on_event=on_event)
+        with train_progress(progress, console=err) as on_event:
+            result = run_train(data, output, cfg, init=init, arch=arch or None, on_event=on_event,
+                               **_given(resume=resume, overwrite=overwrite))
     finally:
         data.close()
-    last = result.history[-1] if result.history else {}
+    out.print(_summary(result))
+
+
+def _summary(result: Any) -> Table:
+    """The table printed after a run: what it did, why it stopped, the best and the last epoch."""
+    ends = {"budget": "", "time": " (the time budget is spent)", "patience": " (stopped early: no improvement)",
+            "max_time": " (stopped: --max-time; continue with --resume)", "requested": " (stopped; continue with "
+            "--resume)"}
     table = Table(show_header=False, box=None, title=f"[bold green]wrote {result.output}[/]")
     table.add_row("run", f"{result.steps} steps, {result.epochs} epoch(s), {result.seconds:.0f} s"
-                  + (f" (stopped: {result.stopped}; continue with --resume)" if result.stopped else ""))
-    if last:
-        table.add_row("last epoch", ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
-                                              for k, v in last.items()))
+                  + ends.get(result.ended, f" ({result.ended})"))
+    table.add_row("budget", result.budget)
+    table.add_row("validation", result.validation or "none (the last model is the output)")
+    if result.best:
+        table.add_row("best epoch", f"{result.best['epoch']} (saved as {result.output.name}): " + _scores(result.best))
+    if result.history:
+        table.add_row("last epoch", f"{result.history[-1]['epoch']}: " + _scores(result.history[-1]))
     table.add_row("files", f"{result.last.name}, {result.metrics.name}")
-    out.print(table)
+    return table
 
 
-@contextmanager
-def _progress(enabled: bool) -> Iterator[Callable[[Any], None] | None]:
-    """A rich bar with the running loss on a terminal; one line per epoch elsewhere."""
-    if not enabled:
-        yield None
-        return
-    if err.is_terminal:
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
-
-        with Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TextColumn("steps"),
-                      TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[val]}"), TimeElapsedColumn(),
-                      TextColumn("ETA"), TimeRemainingColumn(), console=err) as bar:
-            task = bar.add_task("train", total=None, loss="-", val="")
-
-            def on_event(e: Any) -> None:
-                if e.kind == "start":
-                    bar.update(task, total=e.total, completed=e.step)
-                elif e.kind == "step":
-                    bar.update(task, completed=e.step, loss=f"{e.loss:.4f}")
-                else:
-                    iou = e.row.get("val_iou")
-                    bar.update(task, val="" if iou is None else f"val IoU {iou:.3f}")
-
-            yield on_event
-        return
-
-    def on_epoch(e: Any) -> None:
-        if e.kind == "epoch":
-            row = e.row
-            val = f", val IoU {row['val_iou']:.4f}" if "val_iou" in row else ""
-            err.print(f"train: epoch {row['epoch']}, step {e.step}/{e.total}, loss {row['train_loss']:.4f}{val}, "
-                      f"{row['tiles_per_s']:.2f} tiles/s", highlight=False)
-
-    yield on_epoch
+def _scores(row: dict[str, Any]) -> str:
+    names = (("train_loss", "train loss"), ("val_loss", "val loss"), ("val_iou", "val IoU"), ("val_f1", "object F1"),
+             ("val_merge_rate", "merge rate"), ("tiles_per_s", "tiles/s"))
+    return ", ".join(f"{label} {_fmt(row[key]) if key != 'tiles_per_s' else row[key]}"
+                     for key, label in names if key in row)
 
 
 @app.command()
@@ -163,17 +157,18 @@ def evaluate(
     pred: Annotated[Path, typer.Argument(help="Predicted mask: a predict output (.zarr), Zarr array, TIFF or PNG.")],
     gt: Annotated[Path, typer.Argument(help="Ground truth: a truth Zarr (classes + instances), Zarr array, "
                                        "TIFF or PNG.")],
-    gt_kind: Annotated[str, Opt(help="auto | classes | instances: how to read a single-array truth.")] = "auto",
-    block: Annotated[int, Opt(help="Block edge read at once, px.")] = 2048,
+    gt_kind: Annotated[str | None, Opt(help="auto | classes | instances: how to read a single-array truth. "
+                                       "(default: auto)")] = None,
+    block: Annotated[int | None, Opt(help="Block edge read at once, px. (default: 2048)")] = None,
     as_json: Annotated[bool, Opt("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
     """Per-class IoU and Dice, object precision/recall/F1 at IoU 0.5, and the merge rate of touching objects."""
     from slideseg.errors import ConfigError
     from slideseg.tools.evaluate import evaluate as run_evaluate
 
-    if gt_kind not in ("auto", "classes", "instances"):
+    if gt_kind not in (None, "auto", "classes", "instances"):
         raise ConfigError(f"--gt-kind must be auto, classes or instances, got {gt_kind!r}")
-    result = run_evaluate(pred, gt, gt_kind=gt_kind, block=block)  # type: ignore[arg-type]
+    result = run_evaluate(pred, gt, **_given(gt_kind=gt_kind, block=block))
     if as_json:
         print(result.to_json())
         return

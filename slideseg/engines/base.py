@@ -2,22 +2,30 @@
 
 Every engine (PyTorch, ONNX Runtime, TensorRT) takes a batch of raw tiles exactly as read from
 the slide and returns float32 class logits; normalisation happens inside, where the engine can do
-it on its device. One contract test (``tests/test_engines.py``) runs against every engine.
+it on its device. One contract test (``tests/test_engines_contract.py``) runs against every engine.
+
+A model whose pre-processing is more than one linear step (a bioimage.io package's chain, or
+statistics of the slide) runs behind :class:`Preprocessed`, which applies the steps in numpy
+(:mod:`slideseg.io.normalise`) and hands the result to the engine. Steps that need statistics
+are bound to one slide's constants with :meth:`Preprocessed.bind`: every tile shares them.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
-from typing import Any, ClassVar
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar, Literal, get_args
 
 import numpy as np
 
 from slideseg.errors import ConfigError, ModelFileError
-from slideseg.model.config import UNetConfig
+from slideseg.io.normalise import Op, apply, describe_ops, needs_statistics, resolve
+from slideseg.model.config import PRECISIONS, Precision, UNetConfig, check_precision
 from slideseg.plan.geometry import Geometry
 
-PRECISIONS = ("fp32", "fp16", "bf16")
+EngineName = Literal["auto", "torch", "onnxruntime", "tensorrt"]
+"""An engine to run a model with; 'auto' picks the best available (:mod:`slideseg.engines.selection`)."""
+ENGINE_NAMES: tuple[EngineName, ...] = get_args(EngineName)
 _DEVICE_FRIENDLY = (np.uint8, np.int8, np.int16, np.int32, np.float16, np.float32)
 
 
@@ -34,6 +42,10 @@ class Engine(ABC):
         """Why this engine runs (set by ``--engine auto``); shown by :meth:`describe`."""
         self.fixed_tile: int | None = None
         """The only tile edge this engine accepts (an ONNX file exported for one size), or None."""
+        self.min_tile: int | None = None
+        """The smallest tile edge the model accepts beyond its geometry (a package's size rule), or None."""
+        self.preprocessing: tuple[Op, ...] = ()
+        """Steps applied in numpy before the engine's own normalisation (see :class:`Preprocessed`)."""
 
     @property
     def geometry(self) -> Geometry:
@@ -64,24 +76,28 @@ class Engine(ABC):
         return d
 
     def check_batch(self, batch: np.ndarray) -> None:
-        """Raise ConfigError unless ``batch`` is (N, C, T, T) with this model's channels and a valid T."""
-        if batch.ndim != 4 or batch.shape[1] != self.config.in_channels or batch.shape[2] != batch.shape[3]:
+        """Raise ConfigError unless ``batch`` is (N, C, H, W) with this model's channels and valid H and W
+        (square tiles from ``predict``; a package's test tensors may be rectangular)."""
+        if batch.ndim != 4 or batch.shape[1] != self.config.in_channels:
             raise ConfigError(
                 f"expected a batch of shape (N, {self.config.in_channels}, T, T), got {batch.shape}"
             )
         if batch.dtype.kind not in "uif":
             raise ConfigError(f"expected a batch of integer or float pixels, got {batch.dtype}")
-        self.geometry.output_size(batch.shape[2])
-        if self.fixed_tile is not None and batch.shape[2] != self.fixed_tile:
-            raise ConfigError(f"this {self.name} engine's model takes {self.fixed_tile} px tiles only, got "
-                              f"{batch.shape[2]}; pass --tile {self.fixed_tile} (or export the model for "
-                              f"{batch.shape[2]} px).")
+        for edge in sorted({batch.shape[2], batch.shape[3]}):
+            self.geometry.output_size(edge)
+            if self.fixed_tile is not None and edge != self.fixed_tile:
+                raise ConfigError(f"this {self.name} engine's model takes {self.fixed_tile} px tiles only, got "
+                                  f"{edge}; pass --tile {self.fixed_tile} (or export the model for {edge} px).")
+            if self.min_tile is not None and edge < self.min_tile:
+                raise ConfigError(f"this model takes tiles of at least {self.min_tile} px, got {edge}; pass --tile "
+                                  f"{self.min_tile} or larger.")
 
     def check_logits(self, batch: np.ndarray, logits: np.ndarray) -> np.ndarray:
         """Return ``logits`` if their shape is what the geometry promises, else raise ModelFileError
         (a bring-your-own model whose sidecar describes another geometry)."""
-        n, _, t, _ = batch.shape
-        want = (n, self.config.classes, self.geometry.output_size(t), self.geometry.output_size(t))
+        n, _, h, w = batch.shape
+        want = (n, self.config.classes, self.geometry.output_size(h), self.geometry.output_size(w))
         if logits.shape != want:
             raise ModelFileError(
                 f"the model returned logits of shape {logits.shape} for a {tuple(batch.shape)} batch, but its "
@@ -89,6 +105,42 @@ class Engine(ABC):
                 f"{self.config.classes} classes) promises {want}; fix the sidecar JSON."
             )
         return logits
+
+
+class Preprocessed(Engine):
+    """An engine behind pre-processing steps applied in numpy.
+
+    ``ops`` turn raw pixels into what the network takes; the engine's own normalisation (its
+    config's ``norm_mean``/``norm_std``, identity for packages) is undone on the way in, so the
+    network sees exactly ``ops(x)``. Steps that need statistics refuse to run until :meth:`bind`
+    gives them one slide's constants.
+    """
+
+    name = "preprocessed"
+
+    def __init__(self, inner: Engine, ops: tuple[Op, ...]) -> None:
+        super().__init__(inner.config, inner.weights_sha256, inner.metadata)
+        self.inner = inner
+        self.preprocessing = tuple(ops)
+        self.fixed_tile, self.min_tile = inner.fixed_tile, inner.min_tile
+        self._mean, self._std = normalisation(inner.config)  # the inner engine's own, undone in infer
+
+    @property
+    def needs_statistics(self) -> bool:
+        return needs_statistics(self.preprocessing)
+
+    def bind(self, ops: Sequence[Op]) -> Preprocessed:
+        """This engine with fixed steps ``ops`` (a slide's resolved pre-processing) in place of its own;
+        the network is shared."""
+        return Preprocessed(self.inner, tuple(resolve(ops, None)))
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        self.check_batch(batch)
+        x = apply(resolve(self.preprocessing, None), batch.astype(np.float32))  # (N, C, H, W)
+        return self.inner.infer(x * self._std + self._mean)
+
+    def describe(self) -> dict[str, Any]:
+        return {**self.inner.describe(), "preprocessing": describe_ops(self.preprocessing)}
 
 
 def normalisation(config: UNetConfig) -> tuple[np.ndarray, np.ndarray]:
@@ -111,13 +163,6 @@ def to_device_dtype(batch: np.ndarray) -> np.ndarray:
     return batch.astype(np.int32 if batch.dtype == np.uint16 else np.float32)
 
 
-def check_precision(precision: str) -> str:
-    """Return ``precision`` if it is one of fp32, fp16, bf16, else raise ConfigError."""
-    if precision not in PRECISIONS:
-        raise ConfigError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    return precision
-
-
 def split_batches(batch: np.ndarray, limit: int) -> list[np.ndarray]:
     """``batch`` cut into consecutive parts of at most ``limit`` tiles.
 
@@ -125,3 +170,7 @@ def split_batches(batch: np.ndarray, limit: int) -> list[np.ndarray]:
     [2, 2, 1]
     """
     return [batch[i : i + limit] for i in range(0, len(batch), max(1, limit))]
+
+
+__all__ = ["ENGINE_NAMES", "PRECISIONS", "Engine", "EngineName", "Precision", "Preprocessed", "check_precision",
+           "normalisation", "split_batches", "to_device_dtype"]

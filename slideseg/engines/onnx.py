@@ -16,6 +16,7 @@ opset 20; bf16 graphs use opset 22, the first whose Conv/MaxPool/ConvTranspose a
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -32,6 +33,7 @@ from slideseg import __version__
 from slideseg.engines.base import check_precision, normalisation
 from slideseg.engines.cache import EngineBuildError, atomic_write_bytes, cache_dir, onnx_filename
 from slideseg.errors import ConfigError, ModelFileError, OutputExistsError
+from slideseg.model.bioimageio import BioimageioModel
 from slideseg.model.config import UNetConfig
 from slideseg.model.external import _need_sidecar, read_sidecar, sidecar_path
 from slideseg.model.files import LoadedModel, cpu_copy, file_sha256
@@ -112,9 +114,6 @@ def exportable_module(model: LoadedModel, precision: str) -> Any:
 
     It runs on a CPU copy of the network, so the model itself is never cast or moved.
     """
-    import torch
-
-
     dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
     mean, std = normalisation(model.config)
     net = cpu_copy(model).net
@@ -137,8 +136,6 @@ def exportable_module(model: LoadedModel, precision: str) -> Any:
 
 
 def _export_proto(model: LoadedModel, tile: int, max_batch: int, precision: str) -> Any:
-    import torch
-
     module = exportable_module(model, precision)
     example = torch.rand(min(2, max_batch), model.config.in_channels, tile, tile) * 255
     batch = torch.export.Dim("batch", min=1, max=max(2, max_batch))
@@ -172,6 +169,8 @@ def _quiet_exporter() -> Iterator[None]:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)",
                                     category=FutureWarning)
+            # dynamic height and width share one symbol; the exporter says it names it once
+            warnings.filterwarnings("ignore", message=r"# The axis name: .* will not be used", category=UserWarning)
             yield
     finally:
         for name, logger in loggers.items():
@@ -233,12 +232,10 @@ def _require_onnx() -> Any:
 
 
 def _torch_version() -> str:
-    import torch
-
     return str(torch.__version__)
 
 
-def onnx_info(path: Path) -> Any:
+def onnx_info(path: Path) -> OnnxInfo:
     """The :class:`OnnxInfo` of an ONNX file: its slideseg metadata, its sidecar, or both."""
 
     info = read_onnx_info(path)
@@ -249,13 +246,13 @@ def onnx_info(path: Path) -> Any:
         cfg, extras = read_sidecar(side, base=info.config)
         return OnnxInfo(cfg, info.weights_sha256, info.tile, info.max_batch, info.precision,
                         info.normalised_in_graph, info.input_name, info.output_name,
-                        {**info.metadata, "sidecar": str(side)})
+                        {**info.metadata, "sidecar": str(side), "norm": extras["norm"]})
     if side is None:
         raise _need_sidecar(path)
     cfg, extras = read_sidecar(side)
     tile, batch, input_name, output_name = _onnx_signature(path)
     metadata = {"external": {"format": "onnx", "path": str(path), "sidecar": str(side)},
-                "trained": extras["trained"]}
+                "trained": extras["trained"], "norm": extras["norm"]}
     return OnnxInfo(cfg, file_sha256(path), tile, batch, None, extras["normalised_in_model"],
                     extras["input"] or input_name, extras["output"] or output_name, metadata)
 
@@ -281,3 +278,122 @@ def _onnx_signature(path: Path) -> tuple[int | None, int | None, str, str]:
         raise ModelFileError(f"{path}: its input is {h} x {w}; slideseg needs square tiles (both fixed and equal, "
                              "or both dynamic).")
     return h, dims[0], inputs[0].name, graph.output[0].name
+
+
+# ------------------------------------------------------------------------ bioimage.io packages
+
+
+def export_network_onnx(model: LoadedModel, example_tile: int, path: Path) -> int:
+    """The bare network of ``model`` (normalised input, no normalisation inside) as an fp32 ONNX file
+    with dynamic batch, height and width (``input`` → ``output``), as bioimage.io packages hold it;
+    returns the opset. Heights and widths follow the model's valid sizes (``2**depth * k + min``)."""
+    _require_onnx()
+    cfg = model.config
+    g = cfg.geometry
+    net = cpu_copy(model).net.eval()
+    example = torch.rand(2, cfg.in_channels, example_tile, example_tile)
+    d = torch.export.Dim
+    k = d("k", min=0, max=4096)
+    edge = g.alignment * k + g.min_input if cfg.padding == "valid" else g.alignment * d("k1", min=1, max=4096)
+    opset = export_precision_opset("fp32")
+    with _quiet_exporter():
+        try:
+            program = torch.onnx.export(net, (example,), None, dynamo=True, verbose=False, input_names=["input"],
+                                        output_names=["output"], opset_version=opset, external_data=False,
+                                        dynamic_shapes={"x": {0: d("batch"), 2: edge, 3: edge}}, optimize=False)
+        except Exception as exc:
+            raise EngineBuildError(f"torch.onnx.export failed for the package's ONNX weights: "
+                                   f"{str(exc).splitlines()[0]}") from exc
+    assert program is not None
+    atomic_write_bytes(path, program.model_proto.SerializeToString())
+    return opset
+
+
+def package_onnx(model: BioimageioModel) -> tuple[Path, OnnxInfo]:
+    """The ONNX weights of a package, adapted to slideseg's conventions, and their :class:`OnnxInfo`.
+
+    The graph gets a ``pixels`` input ``(N, C, H, W)`` transposed to the package's axis order, and a
+    ``logits`` output ``(N, K, h, w)`` transposed back (a one-channel output gets a constant
+    background logit in front), so every ONNX engine runs it as it runs slideseg exports. The
+    adapted file is cached in ``engines/`` under the weights' hash.
+    """
+    onnx = _import_onnx()
+    if set(model.input_axes) != set("bcyx") or not set(model.output_axes) >= set("byx"):
+        raise ModelFileError(f"{model.path}: its ONNX weights take axes {model.input_axes!r} and return "
+                             f"{model.output_axes!r}; slideseg runs ONNX weights with batch, channel, y and x axes "
+                             "(use its TorchScript weights, or --engine torch).")
+    sha = model.weights_sha256("onnx")
+    layout = json.dumps([model.input_axes, model.output_axes, model.output.background])
+    path = cache_dir() / f"bioimageio-{sha[:12]}-{hashlib.sha256(layout.encode()).hexdigest()[:8]}.onnx"
+    if not path.is_file():
+        try:
+            proto = onnx.load_from_string(model.read(model.weights["onnx"]))
+        except Exception as exc:
+            raise ModelFileError(f"{model.path}: its ONNX weights are not a readable ONNX model "
+                                 f"({str(exc).splitlines()[0]}).") from exc
+        _adapt_graph(onnx, proto, model)
+        atomic_write_bytes(path, proto.SerializeToString())
+    metadata = {**model.metadata, "external": {"format": "bioimageio/onnx", "path": str(model.path)}, "trained": True}
+    info = OnnxInfo(model.config, sha, model.fixed_tile, model.batch, None, False, INPUT_NAME, OUTPUT_NAME, metadata)
+    return path, info
+
+
+def _adapt_graph(onnx: Any, proto: Any, model: BioimageioModel) -> None:
+    """Put ``pixels`` (N, C, H, W) in front of the graph's input and ``logits`` (N, K, h, w) after its output."""
+    from onnx import TensorProto, helper
+
+    graph = proto.graph
+    initialisers = {i.name for i in graph.initializer}
+    inputs = [i for i in graph.input if i.name not in initialisers]
+    if len(inputs) != 1 or not graph.output:
+        raise ModelFileError(f"{model.path}: its ONNX graph has {len(inputs)} inputs; slideseg runs models with one "
+                             "image input and one output.")
+    old_in, old_out = inputs[0], graph.output[0]
+    out_axes = model.output_axes if "c" in model.output_axes else model.output_axes + "c"
+    dims = old_in.type.tensor_type.shape.dim
+    shape = [_dim(dims[model.input_axes.index(a)]) for a in "bcyx"] if len(dims) == 4 else None
+    pixels = helper.make_tensor_value_info(INPUT_NAME, old_in.type.tensor_type.elem_type, shape)
+    perm = ["bcyx".index(a) for a in model.input_axes]
+    front = [helper.make_node("Transpose", [INPUT_NAME], [old_in.name], perm=perm, name="slideseg_in")]
+    back = []
+    raw = old_out.name
+    if "c" not in model.output_axes:
+        graph.initializer.append(helper.make_tensor("slideseg_axis", TensorProto.INT64, [1], [len(model.output_axes)]))
+        back.append(helper.make_node("Unsqueeze", [raw, "slideseg_axis"], ["slideseg_with_c"], name="slideseg_c"))
+        raw = "slideseg_with_c"
+    back.append(helper.make_node("Transpose", [raw], ["slideseg_raw"], perm=[out_axes.index(a) for a in "bcyx"],
+                                 name="slideseg_out"))
+    if model.output.background is None:
+        back.append(helper.make_node("Identity", ["slideseg_raw"], [OUTPUT_NAME], name="slideseg_logits"))
+    else:
+        graph.initializer.extend([helper.make_tensor("slideseg_zero", TensorProto.FLOAT, [], [0.0]),
+                                  helper.make_tensor("slideseg_bg", TensorProto.FLOAT, [], [model.output.background])])
+        back += [helper.make_node("Mul", ["slideseg_raw", "slideseg_zero"], ["slideseg_zeros"]),
+                 helper.make_node("Add", ["slideseg_zeros", "slideseg_bg"], ["slideseg_background"]),
+                 helper.make_node("Concat", ["slideseg_background", "slideseg_raw"], [OUTPUT_NAME], axis=1)]
+    nodes = [*front, *graph.node, *back]
+    del graph.node[:]
+    graph.node.extend(nodes)
+    graph.input.remove(old_in)
+    graph.input.insert(0, pixels)
+    del graph.output[:]
+    graph.output.append(helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, [None] * 4))
+    try:
+        onnx.checker.check_model(proto)
+    except Exception as exc:
+        raise ModelFileError(f"{model.path}: its ONNX weights do not pass onnx's checker once adapted "
+                             f"({str(exc).splitlines()[0]}).") from exc
+
+
+def _dim(d: Any) -> int | str | None:
+    if d.HasField("dim_value"):
+        return int(d.dim_value)
+    return str(d.dim_param) if d.HasField("dim_param") else None
+
+
+def _import_onnx() -> Any:
+    try:
+        import onnx
+    except ImportError as exc:
+        raise ConfigError(f"running ONNX weights needs the onnx package: {ONNX_HINT}") from exc
+    return onnx

@@ -1,23 +1,30 @@
 """The engine factory: which engine runs a model file, built how.
 
-:func:`load_engine` opens a model file — a slideseg ``.safetensors`` model, or a bring-your-own
-ONNX / TorchScript / ``torch.export`` file with a sidecar JSON — and builds the engine called
-``name``; ``'auto'`` picks the best available one and says why (see :mod:`slideseg.engines.selection`).
-Optional backends are imported only when chosen.
+:func:`load_engine` opens a model file — a slideseg ``.safetensors`` model, a bring-your-own
+ONNX / TorchScript / ``torch.export`` file with a sidecar JSON, or a bioimage.io package — and builds
+the engine called ``name``; ``'auto'`` picks the best available one and says why (see
+:mod:`slideseg.engines.selection`). Optional backends are imported only when chosen.
+
+A model whose pre-processing needs statistics of the slide (a package's ``scale_range``, a
+sidecar's ``"norm": "slide"``, ``predict --norm slide``) runs with one slide's constants: ``predict``
+computes them and passes them to :func:`load_engine` (``normalisation=``, carried by the workers'
+engine key), so each worker builds the slide's engine around one shared network.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from slideseg.engines.base import Engine, check_precision
-from slideseg.engines.onnx import DEFAULT_MAX_BATCH, onnx_info
+from slideseg.engines.base import Engine, Preprocessed, check_precision
+from slideseg.engines.onnx import onnx_info, package_onnx
 from slideseg.engines.onnxruntime_engine import OnnxRuntimeEngine
 from slideseg.engines.selection import (
     ENGINES,
@@ -31,7 +38,9 @@ from slideseg.engines.selection import (
 from slideseg.engines.tensorrt_engine import TensorRTEngine
 from slideseg.engines.torch_engine import TorchEngine
 from slideseg.errors import ConfigError, ModelFileError
-from slideseg.model.external import ONNX_SUFFIXES, is_external, load_torch_model
+from slideseg.io.normalise import Op, ZeroMeanUnitVariance, needs_statistics
+from slideseg.model.bioimageio import is_package, read_package
+from slideseg.model.external import ONNX_SUFFIXES, is_external, load_package_torch, load_torch_model
 from slideseg.model.files import LoadedModel, load_model
 
 log = logging.getLogger("slideseg.engines")
@@ -53,13 +62,34 @@ def make_engine(name: str, model: LoadedModel, *, device: str = "auto", threads:
 
 def load_engine(model_path: str | os.PathLike[str], name: str = "auto", *, device: str = "auto",
                 threads: int | None = None, precision: str = "fp32", compile: bool = False,
-                max_batch: int | None = None, **trt_options: Any) -> Engine:
+                max_batch: int | None = None, normalisation: Sequence[Op] | None = None,
+                **trt_options: Any) -> Engine:
     """Open the model file at ``model_path`` and build the engine called ``name`` for it.
 
     ``.safetensors`` files are slideseg models; ``.onnx``, ``.pt2`` (torch.export) and TorchScript
-    files (``.pt``, ``.ts``...) are bring-your-own models described by a sidecar JSON.
+    files (``.pt``, ``.ts``...) are bring-your-own models described by a sidecar JSON; ``.zip``,
+    ``rdf.yaml`` and ``bioimageio.yaml`` are bioimage.io packages. ``normalisation``: fixed
+    pre-processing steps (one slide's resolved constants) used in place of the model's own; the
+    network itself is then loaded once per process and shared by every slide's engine.
     """
+    options = {"device": device, "threads": threads, "precision": precision, "compile": compile,
+               "max_batch": max_batch, **trt_options}
+    path = os.fspath(model_path)
+    if normalisation is not None:
+        if needs_statistics(normalisation):
+            raise ConfigError("load_engine takes fixed normalisation steps: resolve the slide's statistics first.")
+        return _shared_network(path, name, options).bind(tuple(normalisation))
+    engine = _load(path, name, **options)
+    if engine.metadata.get("norm") == "slide":  # the model asks for the slide's statistics
+        return Preprocessed(_unwrapped(engine), (ZeroMeanUnitVariance(per_channel=True),))
+    return engine
 
+
+def _load(model_path: str | os.PathLike[str], name: str, *, device: str, threads: int | None, precision: str,
+          compile: bool, max_batch: int | None, **trt_options: Any) -> Engine:
+    if is_package(model_path):
+        return load_package_engine(model_path, name, device=device, threads=threads, precision=precision,
+                                   compile=compile, max_batch=max_batch, **trt_options)
     if is_external(model_path):
         return load_external_engine(model_path, name, device=device, threads=threads, precision=precision,
                                     compile=compile, max_batch=max_batch, **trt_options)
@@ -125,8 +155,10 @@ def _measure_cpu(names: tuple[str, ...], model: LoadedModel | None, *, device: s
                  precision: str, max_batch: int | None) -> tuple[str, str]:
     """The fastest of the CPU engines ``names`` for ``model`` (measured once, then cached)."""
 
-    if model is None:  # a bring-your-own file runs in one engine only
-        return names[0], "the only CPU engine for this model file"
+    if model is None:  # a bring-your-own file or a package: its engines are not timed
+        if len(names) == 1:
+            return names[0], "the only CPU engine for this model file"
+        return names[0], f"{names[0]}, the first of {' and '.join(names)} that run this model file (not timed)"
     cfg = model.config
     arch = {k: getattr(cfg, k) for k in ("depth", "width", "in_channels", "classes", "padding", "halo")}
     g = cfg.geometry
@@ -141,7 +173,8 @@ def _measure_cpu(names: tuple[str, ...], model: LoadedModel | None, *, device: s
     return measure_fastest(makers, batch, cpu_choice_fields(arch, precision, threads))
 
 
-__all__ = ["ENGINES", "INSTALL_HINTS", "Engine", "build_engine", "load_engine", "make_engine"]
+__all__ = ["ENGINES", "INSTALL_HINTS", "Engine", "build_engine", "load_engine",
+           "load_package_engine", "make_engine"]
 
 
 def load_external_engine(path: str | os.PathLike[str], name: str = "auto", *, device: str = "auto",
@@ -167,18 +200,55 @@ def load_external_engine(path: str | os.PathLike[str], name: str = "auto", *, de
                         compile=compile)
 
 
-def export_tensorrt(model_path: str | os.PathLike[str], *, tile: int | None, max_batch: int = DEFAULT_MAX_BATCH,
-                    precision: str = "fp32", opt_level: int = 3, workspace_gib: float = 4.0,
-                    device: str = "cuda") -> dict[str, Any]:
-    """Build (or find in the cache) the TensorRT plan for a model file and return what was built.
 
-    ``model_path`` is a ``.safetensors`` model (exported to ONNX first) or an ONNX file.
-    """
+def load_package_engine(path: str | os.PathLike[str], name: str = "auto", *, device: str = "auto",
+                        threads: int | None = None, precision: str = "fp32", compile: bool = False,
+                        max_batch: int | None = None, **trt_options: Any) -> Engine:
+    """The engine for a bioimage.io package: its TorchScript weights in torch, its ONNX weights in ONNX
+    Runtime or TensorRT; behind :class:`Preprocessed` when its pre-processing is more than one linear step."""
+    model = read_package(path)
+    formats = set(model.weights)
+    able = tuple(c for c in ("tensorrt", "torch", "onnxruntime")
+                 if ("torchscript" if c == "torch" else "onnx") in formats)
+    if compile:
+        able = tuple(c for c in able if c == "torch")
+    if (name != "auto" and name not in able) or not able:
+        want = "torch (TorchScript weights)" if name == "torch" or compile else f"{name} (ONNX weights)"
+        raise ConfigError(f"{Path(path).name} holds {', '.join(sorted(formats))} weights; --engine {name}"
+                          f"{' --compile' if compile else ''} needs {want}: choose another engine.")
+    torch_model = load_package_torch(model) if "torch" in able and name in ("auto", "torch") else None
+    onnx = None
+    if name != "torch" and any(c != "torch" for c in able):
+        try:
+            onnx = package_onnx(model)
+        except ConfigError:  # the onnx package is not installed
+            if name != "auto" or torch_model is None:
+                raise
+            able = ("torch",)
+    engine = build_engine(name, able, torch_model=torch_model, onnx=onnx, device=device, threads=threads,
+                          precision=precision, compile=compile, max_batch=max_batch, **trt_options)
+    engine.min_tile = model.min_tile
+    engine.fixed_tile = model.fixed_tile
+    if model.preprocessing:
+        return Preprocessed(engine, model.preprocessing)
+    return engine
 
-    engine = load_engine(model_path, "tensorrt", device=device, precision=precision, max_batch=max_batch,
-                         opt_level=opt_level, workspace_gib=workspace_gib)
-    tile = tile or engine.fixed_tile
-    if tile is None:
-        raise ConfigError("--tile is needed to build a TensorRT plan (plans have a fixed tile size).")
-    prepare = engine.prepare  # type: ignore[attr-defined]
-    return dict(prepare(tile))
+
+# ----------------------------------------------------------------------- slide-level constants
+
+_NETWORKS: dict[tuple[str, str, str], Engine] = {}
+_NETWORKS_LOCK = threading.Lock()
+
+
+def _shared_network(path: str, name: str, options: dict[str, Any]) -> Preprocessed:
+    """The engine of ``path`` without its own pre-processing, loaded once per process: the engines of
+    every slide of a run share it."""
+    key = (path, name, json.dumps(options, sort_keys=True, default=str))
+    with _NETWORKS_LOCK:
+        if key not in _NETWORKS:
+            _NETWORKS[key] = _unwrapped(_load(path, name, **options))
+        return Preprocessed(_NETWORKS[key], ())
+
+
+def _unwrapped(engine: Engine) -> Engine:
+    return engine.inner if isinstance(engine, Preprocessed) else engine

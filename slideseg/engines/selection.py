@@ -24,13 +24,13 @@ from typing import Any
 
 import numpy as np
 
-from slideseg.engines.base import Engine
+from slideseg.engines.base import ENGINE_NAMES, Engine
 from slideseg.engines.cache import choice_key, read_choice, write_choice
 from slideseg.errors import ConfigError
 
 log = logging.getLogger("slideseg.engines")
 
-ENGINES = ("auto", "torch", "onnxruntime", "tensorrt")
+ENGINES = ENGINE_NAMES
 INSTALL_HINTS = {
     "torch": "pip install torch",
     "onnxruntime": "pip install 'slideseg[onnx]'",
@@ -155,28 +155,33 @@ def cpu_name() -> str:
 
 
 def measure_fastest(engines: dict[str, Callable[[], Engine]], batch: np.ndarray, fields: dict[str, Any],
-                    repeats: int = 5, timer: Callable[[], float] = time.perf_counter) -> tuple[str, str]:
-    """Time each engine on ``batch`` (best of ``repeats`` after one warm-up call: the best time is the
-    least disturbed by other processes), cache and return the fastest and why.
+                    repeats: int = 5, timer: Callable[[], float] = time.perf_counter,
+                    warmup: int = 2) -> tuple[str, str]:
+    """Time each engine on ``batch``, cache and return the fastest and why.
 
-    PyTorch, the reference engine, is kept unless another is :data:`CPU_SWITCH_MARGIN` times faster.
-    A cached choice for the same ``fields`` is returned without measuring again.
+    Every engine is built and called ``warmup`` times first (first-call allocations, kernel
+    selection, lazy exports), then the engines take turns, one call each per round for ``repeats``
+    rounds, so a busy moment of the machine falls on all of them alike; each engine's time is the
+    median of its calls. PyTorch, the reference engine, is kept unless another is
+    :data:`CPU_SWITCH_MARGIN` times faster. A cached choice for the same ``fields`` is returned
+    without measuring again.
     """
     key = choice_key(fields)
     cached = read_choice(key)
     if cached is not None and cached["engine"] in engines:
         when = cached.get("date", "earlier")
         return cached["engine"], f"fastest on this CPU ({_summary(cached['seconds'])}; measured {when}, cached)"
-    seconds: dict[str, float] = {}
-    for name, make in engines.items():
-        engine = make()
-        engine.infer(batch)  # warm-up: first-call allocations, lazy exports
-        times = []
-        for _ in range(repeats):
+    built = {name: make() for name, make in engines.items()}
+    for engine in built.values():
+        for _ in range(warmup):
+            engine.infer(batch)
+    times: dict[str, list[float]] = {name: [] for name in built}
+    for _ in range(max(1, repeats)):
+        for name, engine in built.items():
             t0 = timer()
             engine.infer(batch)
-            times.append(timer() - t0)
-        seconds[name] = min(times)
+            times[name].append(timer() - t0)
+    seconds = {name: float(np.median(ts)) for name, ts in times.items()}
     best = min(seconds, key=lambda n: seconds[n])
     if "torch" in seconds and best != "torch" and seconds["torch"] < CPU_SWITCH_MARGIN * seconds[best]:
         best = "torch"

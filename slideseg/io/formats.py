@@ -24,7 +24,7 @@ from typing import IO, Any
 import tifffile
 
 from slideseg.errors import SlideReadError
-from slideseg.io.ngff import ngff_axes, ngff_multiscales
+from slideseg.io.ngff import SPACE_UNITS_UM, ngff_multiscales, parse_multiscale
 
 SUPPORTED_FORMATS = (
     "OME-TIFF, SVS (Aperio), NDPI (Hamamatsu), tiled or plain TIFF, OME-Zarr (NGFF 0.4/0.5), "
@@ -43,14 +43,18 @@ _MAGIC = {
 }  # fmt: skip
 
 
-# Length units of OME-XML and OME-NGFF, in micrometres.
-_UM_PER_UNIT = {
-    "µm": 1.0, "μm": 1.0, "um": 1.0, "micron": 1.0, "micrometer": 1.0,
-    "nm": 1e-3, "nanometer": 1e-3,
-    "mm": 1e3, "millimeter": 1e3,
-    "cm": 1e4, "centimeter": 1e4,
-    "m": 1e6, "meter": 1e6,
+# Length units of OME-XML (UnitsLength symbols) and OME-NGFF (UDUNITS-2 names), in micrometres.
+_UM_PER_UNIT: dict[str, float] = {
+    **SPACE_UNITS_UM,
+    "Ym": 1e30, "Zm": 1e27, "Em": 1e24, "Pm": 1e21, "Tm": 1e18, "Gm": 1e15, "Mm": 1e12, "km": 1e9, "hm": 1e8,
+    "dam": 1e7, "m": 1e6, "dm": 1e5, "cm": 1e4, "mm": 1e3, "µm": 1.0, "μm": 1.0, "um": 1.0, "nm": 1e-3,
+    "pm": 1e-6, "fm": 1e-9, "am": 1e-12, "zm": 1e-15, "ym": 1e-18, "Å": 1e-4, "thou": 25.4, "li": 2116.666,
+    "in": 25400.0, "ft": 304800.0, "yd": 914400.0, "mi": 1609344e3, "ua": 1.495978707e17, "ly": 9.4607e21,
+    "pc": 3.0857e22, "pt": 352.777, "micron": 1.0,
 }  # fmt: skip
+
+MPP_RANGE = (1e-5, 1e6)
+"""Pixel sizes slideseg takes seriously, in µm (0.01 nm to 1 m); anything else counts as unknown."""
 
 
 # TIFF ResolutionUnit -> micrometres per unit (4 and 5 are tifffile's non-standard mm and µm).
@@ -71,17 +75,23 @@ def sniff(head: bytes) -> str | None:
 
 
 def unit_to_um(value: float, unit: str | None) -> float | None:
-    """A length in an OME unit as micrometres, or None if the unit is unknown or the value bad.
+    """A length in an OME or NGFF unit as micrometres, or None if the unit is unknown or not
+    physical (``pixel``, ``reference frame``), or the result is not a usable pixel size.
 
     >>> unit_to_um(250.0, "nm")
     0.25
-    >>> unit_to_um(0.5, None) is None
-    True
+    >>> unit_to_um(0.5, None) is None, unit_to_um(1e-30, "µm") is None, unit_to_um(float("nan"), "µm") is None
+    (True, True, True)
     """
     factor = _UM_PER_UNIT.get(unit or "")
-    if factor is None or not math.isfinite(value) or value <= 0:
+    if factor is None or not isinstance(value, int | float) or isinstance(value, bool):
         return None
-    return value * factor
+    return _usable_mpp(value * factor)
+
+
+def _usable_mpp(um: float) -> float | None:
+    """``um`` if it is a plausible pixel size (finite, within :data:`MPP_RANGE`), else None."""
+    return float(um) if math.isfinite(um) and MPP_RANGE[0] <= um <= MPP_RANGE[1] else None
 
 
 def resolution_to_mpp(resolution: float, unit: int) -> float | None:
@@ -98,7 +108,7 @@ def resolution_to_mpp(resolution: float, unit: int) -> float | None:
     per_unit = _UM_PER_RESUNIT.get(int(unit))
     if per_unit is None or not math.isfinite(resolution) or resolution <= 0 or resolution == 1:
         return None
-    return per_unit / resolution
+    return _usable_mpp(per_unit / resolution)
 
 
 def _positive(value: Any) -> float | None:
@@ -117,7 +127,7 @@ def svs_metadata(description: str) -> dict[str, Any]:
     """
     try:
         return dict(tifffile.tifffile.svs_description_metadata(description))
-    except ValueError:
+    except Exception:  # optional metadata: whatever its parser trips over, the file says nothing
         return {}
 
 
@@ -130,7 +140,8 @@ def svs_mpp_and_objective(description: str) -> tuple[float | None, float | None]
     (None, 20.0)
     """
     meta = svs_metadata(description)
-    return _positive(meta.get("MPP")), _positive(meta.get("AppMag"))
+    mpp = _positive(meta.get("MPP"))
+    return None if mpp is None else _usable_mpp(mpp), _positive(meta.get("AppMag"))
 
 
 def ndpi_objective(magnification: Any) -> float | None:
@@ -171,7 +182,7 @@ def ome_image(omexml: str, image: int) -> OmeImage:
     names: tuple[str | None, ...] = ()
     if pixels is not None:
         size = _positive(pixels.get("PhysicalSizeX"))
-        mpp = None if size is None else unit_to_um(size, pixels.get("PhysicalSizeXUnit", "µm"))
+        mpp = None if size is None else unit_to_um(size, pixels.get("PhysicalSizeXUnit", "µm"))  # bad: unknown
         names = tuple(c.get("Name") for c in pixels if _tag(c) == "Channel")
     return OmeImage(mpp, names, _ome_objective(root, images[image]))
 
@@ -356,17 +367,33 @@ def tiff_source(tif: tifffile.TiffFile, s: Any, index: int, listing: tuple[Serie
     elif fmt == "ndpi":
         objective = ndpi_objective(key.tags.valueof(65421))
     if mpp is None:
-        mpp = resolution_to_mpp(float(key.resolution[0]), int(key.resolutionunit))
+        resolution = key.resolution if isinstance(key.resolution, tuple) and key.resolution else (None,)
+        x_resolution, unit = _number(resolution[0]), _number(key.resolutionunit)
+        mpp = None if x_resolution is None or unit is None else resolution_to_mpp(x_resolution, int(unit))
     if mpp is None:
         mpp = _tifffile_series_mpp(s)
-    spp = int(key.samplesperpixel)
-    extras = tuple(int(e) for e in key.extrasamples or ())
+    spp = int(_number(key.samplesperpixel) or 1)
+    extras = tuple(int(e) for e in (key.extrasamples if isinstance(key.extrasamples, tuple) else ())
+                   if _number(e) is not None)
     alpha = tuple(spp - len(extras) + i for i, e in enumerate(extras) if e in (1, 2))  # (un)associated alpha
-    if int(key.photometric) in (2, 6) and spp - len(extras) == 3 and len(names) != spp:  # RGB, YCbCr (as RGB)
+    if _number(key.photometric) in (2, 6) and spp - len(extras) == 3 and len(names) != spp:  # RGB, YCbCr (as RGB)
         names = (*RGB_NAMES, *(("alpha" if e in (1, 2) else None) for e in extras))
-    codec = tifffile.COMPRESSION(key.compression)
-    compression = None if codec == tifffile.COMPRESSION.NONE else codec.name.lower()
+    code = _number(key.compression)
+    compression = "unknown" if code is None else compression_name(int(code))
     return SourceInfo(fmt, mpp, objective, names, alpha, compression, listing)
+
+
+def compression_name(code: int) -> str | None:
+    """``jpeg``, ``zlib``... of a TIFF compression code; None for none; the number for unknown ones.
+
+    >>> compression_name(7), compression_name(1), compression_name(60000)
+    ('jpeg', None, '60000')
+    """
+    try:
+        codec = tifffile.COMPRESSION(code)
+    except ValueError:
+        return str(code)
+    return None if codec == tifffile.COMPRESSION.NONE else codec.name.lower()
 
 
 def _tifffile_series_mpp(s: Any) -> float | None:
@@ -374,23 +401,38 @@ def _tifffile_series_mpp(s: Any) -> float | None:
     value: Any = getattr(s, "mpp", None)
     if isinstance(value, Sequence) and value:
         value = value[-1]
-    return _positive(value)
+    mpp = _positive(value)
+    return None if mpp is None else _usable_mpp(mpp)
 
 
 def tiff_tile(page: Any) -> tuple[int, int] | None:
     """(H, W) of a page's tiles (NDPI: tifffile's tiles from JPEG restart markers) or strips."""
     if page.is_tiled:
         return int(page.tilelength), int(page.tilewidth)
-    rows = int(page.rowsperstrip or 0)
+    rows = int(_number(page.rowsperstrip) or 0)
     return (min(rows, int(page.imagelength)), int(page.imagewidth)) if rows > 0 else None
+
+
+def _number(value: Any) -> float | None:
+    """A tag value as a plain number; None for what a corrupt tag gives instead (a tuple, text...).
+
+    >>> _number(7), _number(()), _number("x"), _number(True)
+    (7, None, None, None)
+    """
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return value
 
 
 def ngff_series_info(index: int, attrs: Mapping[str, Any], shape: Sequence[int], name: str) -> SeriesInfo:
     """The record of one image of a bioformats2raw Zarr (``shape``: its first dataset's)."""
-    multiscales, _ = ngff_multiscales(attrs)
-    if not multiscales:
-        return SeriesInfo.make(index, name, shape, "", 0)
-    return SeriesInfo.make(index, name, shape, ngff_axes(multiscales[0])[0], len(multiscales[0]["datasets"]))
+    try:
+        multiscales, _ = ngff_multiscales(attrs)
+        ms = parse_multiscale(multiscales[0], name) if multiscales else None
+    except SlideReadError:  # described as it is; opening it says what is wrong
+        ms = None
+    return SeriesInfo.make(index, name, shape, "", 0) if ms is None else SeriesInfo.make(
+        index, name, shape, ms.axes, len(ms.paths))
 
 
 def bioformats2raw_names(path: Path) -> list[str]:
@@ -429,3 +471,4 @@ def slide_stem(path: str | os.PathLike[str]) -> str:
         if name.lower().endswith(suffix):
             return name[: -len(suffix)]
     return name
+

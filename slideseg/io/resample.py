@@ -25,6 +25,12 @@ from slideseg.errors import ConfigError
 
 TOLERANCE = 0.01
 """A level within this relative difference of the model's mpp is read as it is."""
+MAX_REDUCTION = 64.0
+"""Largest reduction (level pixels per output pixel) slideseg resamples by."""
+MAX_ENLARGEMENT = 16.0
+"""Largest enlargement (output pixels per level pixel) slideseg resamples by."""
+BAND_VALUES = 2**25
+"""Most input values (pixels x channels) one resampling step holds at once (128 MB as float32)."""
 
 
 class _Reader(Protocol):
@@ -75,7 +81,14 @@ def choose_level(level_mpps: Sequence[float | None], model_mpp: float | None, *,
     mpp = level_mpps[chosen]
     if mpp is None or model_mpp is None or abs(mpp / model_mpp - 1) <= tolerance:
         return LevelChoice(chosen, 1.0, mpp)
-    return LevelChoice(chosen, model_mpp / mpp, model_mpp)
+    factor = model_mpp / mpp
+    if not 1 / MAX_ENLARGEMENT <= factor <= MAX_REDUCTION:
+        how = f"a x{factor:.3g} reduction" if factor > 1 else f"a x{1 / factor:.3g} enlargement"
+        raise ConfigError(
+            f"the model expects {model_mpp:g} µm/px but {name} level {chosen} is {mpp:g} µm/px: {how}, beyond "
+            f"the x{MAX_REDUCTION:g} reduction and x{MAX_ENLARGEMENT:g} enlargement slideseg resamples by; the "
+            f"slide's pixel size is probably wrong: pass --mpp with its real level-0 µm/px")
+    return LevelChoice(chosen, factor, model_mpp)
 
 
 def output_shape(shape: tuple[int, int], factor: float) -> tuple[int, int]:
@@ -103,8 +116,9 @@ class ResampledSlide:
     """A slide level seen at ``factor`` input pixels per output pixel (float32 pixels)."""
 
     def __init__(self, slide: _Reader, factor: float) -> None:
-        if factor <= 0:
-            raise ConfigError(f"resampling factor must be > 0, got {factor}")
+        if not (math.isfinite(factor) and 1 / MAX_ENLARGEMENT <= factor <= MAX_REDUCTION):
+            raise ConfigError(f"resampling factor must be between 1/{MAX_ENLARGEMENT:g} and {MAX_REDUCTION:g}, "
+                              f"got {factor}")
         self.slide = slide
         self.factor = factor
         h, w, c = slide.shape
@@ -112,15 +126,32 @@ class ResampledSlide:
         self.shape: tuple[int, int, int] = (*output_shape((h, w), factor), c)
 
     def read(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
-        """Output pixels ``[y0:y1, x0:x1]`` (in bounds), float32 (h, w, C)."""
-        iy, wy = taps(y0, y1, self.factor, self._in_shape[0])
+        """Output pixels ``[y0:y1, x0:x1]`` (in bounds), float32 (h, w, C).
+
+        Read in bands of output rows whose input holds at most :data:`BAND_VALUES` values, so a
+        large reduction never holds its whole input window; each output pixel is the same sum
+        whatever the band.
+        """
         ix, wx = taps(x0, x1, self.factor, self._in_shape[1])
-        ry0, ry1, rx0, rx1 = int(iy.min()), int(iy.max()) + 1, int(ix.min()), int(ix.max()) + 1
+        rx0, rx1 = int(ix.min()), int(ix.max()) + 1
+        c = self.shape[2]
+        out = np.zeros((y1 - y0, x1 - x0, c), np.float32)
+        support_rows = 2 * math.ceil(max(1.0, self.factor)) + 1
+        band = max(1, int((BAND_VALUES / ((rx1 - rx0) * c) - support_rows) / max(1.0, self.factor)))
+        for b0 in range(y0, y1, band):
+            b1 = min(y1, b0 + band)
+            out[b0 - y0: b1 - y0] = self._band(b0, b1, ix, wx, rx0, rx1)
+        return out
+
+    def _band(self, y0: int, y1: int, ix: np.ndarray, wx: np.ndarray, rx0: int, rx1: int) -> np.ndarray:
+        """Output rows ``y0..y1-1`` over the columns whose taps are ``ix``, ``wx``: (h, w, C)."""
+        iy, wy = taps(y0, y1, self.factor, self._in_shape[0])
+        ry0, ry1 = int(iy.min()), int(iy.max()) + 1
         region = self.slide.read(ry0, ry1, rx0, rx1).astype(np.float32)  # (Y, X, C)
         rows = np.zeros((y1 - y0, region.shape[1], region.shape[2]), np.float32)
         for k in range(iy.shape[1]):  # fixed tap order: the same sum for a pixel in any read
             rows += region[iy[:, k] - ry0] * wy[:, k, None, None]
-        out = np.zeros((y1 - y0, x1 - x0, region.shape[2]), np.float32)
+        out = np.zeros((y1 - y0, ix.shape[0], region.shape[2]), np.float32)
         for k in range(ix.shape[1]):
             out += rows[:, ix[:, k] - rx0] * wx[None, :, k, None]
         return out

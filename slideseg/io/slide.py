@@ -27,19 +27,16 @@ import tifffile
 import zarr
 
 from slideseg.errors import ConfigError, SlideReadError
-from slideseg.io import formats, ngff
+from slideseg.io import checks, formats, ngff
 from slideseg.io.axes import AxisMap, parse_axes, parse_channels
 from slideseg.io.formats import SeriesInfo, SourceInfo, resolution_to_mpp, unit_to_um
+from slideseg.io.guard import one_line, reading
 from slideseg.plan.tiles import Box, MirrorMode, mirror_index
 
 __all__ = [
     "LevelInfo", "Slide", "SlideHandle", "SourceInfo", "open_slide", "parse_channels", "resolution_to_mpp",
     "unit_to_um",
 ]  # fmt: skip
-
-# What a decoder or a truncated file raises from inside a region read.
-_DECODE_ERRORS = (OSError, ValueError, RuntimeError, KeyError, EOFError)
-
 
 @dataclass(frozen=True)
 class LevelInfo:
@@ -148,14 +145,8 @@ class Slide:
             raise SlideReadError(f"{self.path} is closed; expected an open slide: reopen it with open_slide()")
         keep = self._keep
         lo, hi = (0, self.shape[2]) if keep is None else (min(keep), max(keep) + 1)
-        try:
+        with reading(self.path, f"read region y {y0}:{y1}, x {x0}:{x1} of {{path}} level {self.level}"):
             region = np.asarray(self._array[self._axes.selection(y0, y1, x0, x1, slice(lo, hi))])
-        except _DECODE_ERRORS as e:
-            raise SlideReadError(
-                f"could not read region y {y0}:{y1}, x {x0}:{x1} of {self.path} level "
-                f"{self.level} ({type(e).__name__}: {e}); the file is probably truncated or "
-                f"corrupt: copy or export it again"
-            ) from e
         if isinstance(self._array, np.ndarray):  # an in-memory image: never hand out a view of it
             region = region.copy()
         yxc = self._axes.to_yxc(region)  # (y, x, channels lo..hi-1)
@@ -258,15 +249,16 @@ def open_slide(
     p = Path(path)
     if not p.exists():
         raise SlideReadError(f"{p} does not exist; expected a slide ({formats.SUPPORTED_FORMATS}): check the path")
-    if p.is_dir():
-        return _open_zarr(p, level, series, picked)
-    with p.open("rb") as f:
-        head = f.read(8)
-    kind = formats.sniff(head)
-    if kind == "tiff":
-        return _open_tiff(p, level, series, picked)
-    if kind in ("png", "jpeg"):
-        return _open_image(p, kind, level, series, picked)
+    with reading(p, "open {path}"):
+        if p.is_dir():
+            return _open_zarr(p, level, series, picked)
+        with p.open("rb") as f:
+            head = f.read(8)
+        kind = formats.sniff(head)
+        if kind == "tiff":
+            return _open_tiff(p, level, series, picked)
+        if kind in ("png", "jpeg"):
+            return _open_image(p, kind, level, series, picked)
     raise SlideReadError(
         f"{p} is not an image of a supported format (found {head[:4]!r} at the start); supported: "
         f"{formats.SUPPORTED_FORMATS}: check the path or convert the slide to OME-TIFF"
@@ -277,11 +269,13 @@ def open_slide(
 
 
 def _open_tiff(path: Path, level: int, series: int | None, channels: tuple[int, ...] | None) -> Slide:
+    with path.open("rb") as f:
+        checks.check_ifd_chain(f, path)
     try:
         tif = tifffile.TiffFile(path)
     except (tifffile.TiffFileError, OSError, ValueError, EOFError) as e:
         raise SlideReadError(
-            f"{path} is a corrupt or truncated TIFF ({type(e).__name__}: {e}); expected a "
+            f"{path} is a corrupt or truncated TIFF ({type(e).__name__}: {one_line(e)}); expected a "
             f"complete TIFF file: copy or export it again"
         ) from e
     try:
@@ -298,7 +292,7 @@ def _tiff_slide(
         all_series = list(tif.series)
     except (tifffile.TiffFileError, OSError, ValueError, EOFError) as e:
         raise SlideReadError(
-            f"{path} has a corrupt TIFF structure ({type(e).__name__}: {e}); expected a "
+            f"{path} has a corrupt TIFF structure ({type(e).__name__}: {one_line(e)}); expected a "
             f"readable TIFF: copy or export it again"
         ) from e
     listing = formats.tiff_series_listing(tif, all_series)
@@ -306,7 +300,12 @@ def _tiff_slide(
     _check_index("series", index, [s.text() for s in listing], path)
     s = all_series[index]
     levels = list(s.levels)
-    sizes = [parse_axes(lv.axes, lv.shape, path).yx(lv.shape) for lv in levels]
+    maps = [parse_axes(lv.axes, lv.shape, path) for lv in levels]
+    sizes = [m.yx(lv.shape) for m, lv in zip(maps, levels, strict=True)]
+    for lv, m, yx in zip(levels, maps, sizes, strict=True):
+        checks.check_image_shape(yx, m.channels(lv.shape), lv.dtype, path, f"level {_yx_text(yx)}")
+        checks.check_tiff_level(lv, path)
+    checks.check_level_order(sizes, path)
     source = formats.tiff_source(tif, s, index, listing)
     infos = level_infos(sizes, [formats.tiff_tile(lv.keyframe) for lv in levels], source.mpp)
     _check_index("level", level, [_yx_text(info.shape) for info in infos], path)
@@ -371,13 +370,18 @@ def _open_image(path: Path, kind: str, level: int, series: int | None, channels:
             f"{formats.MAX_IN_MEMORY_PIXELS / 1e6:.0f} MP slideseg decodes whole: convert it to a tiled TIFF, e.g. "
             f"`vips tiffsave {path.name} tiled.tif --tile --pyramid --compression jpeg`"
         )
+    checks.check_image_shape(size, 1, np.dtype(np.uint8), path, kind.upper())
+    if kind == "png" and size[0] * size[1] > _PNG_PIXELS_PER_BYTE * path.stat().st_size + 2**20:
+        raise SlideReadError(
+            f"{path} declares {_yx_text(size)} px in a {path.stat().st_size}-byte PNG, more than its compressed "
+            f"data can hold; the header is corrupt: export the image again"
+        )
     import imagecodecs
 
-    try:
+    with reading(path, corrupt=kind.upper()):
         pixels = np.asarray(imagecodecs.imread(path, codec="png" if kind == "png" else "jpeg8"))
-    except Exception as e:  # imagecodecs raises one error class per codec
-        raise SlideReadError(f"{path} is a corrupt {kind.upper()} ({type(e).__name__}: {e}): export it again") from e
     axes = "YX" if pixels.ndim == 2 else "YXC"
+    checks.check_image_shape(pixels.shape[:2], 1 if pixels.ndim == 2 else pixels.shape[2], pixels.dtype, path)
     m = parse_axes(axes, pixels.shape, path)
     n = m.channels(pixels.shape)
     alpha = (n - 1,) if kind == "png" and n in (2, 4) else ()  # grey + alpha, RGB + alpha
@@ -398,7 +402,7 @@ def _open_zarr(path: Path, level: int, series: int | None, channels: tuple[int, 
         node = zarr.open(path, mode="r")
     except (OSError, ValueError, KeyError) as e:
         raise SlideReadError(
-            f"{path} is a directory but not a readable Zarr ({type(e).__name__}: {e}); "
+            f"{path} is a directory but not a readable Zarr ({type(e).__name__}: {one_line(e)}); "
             f"expected a Zarr array or an OME-Zarr image: check the path"
         ) from e
     if isinstance(node, zarr.Group) and "bioformats2raw.layout" in node.attrs:
@@ -433,6 +437,8 @@ def _zarr_array_slide(path: Path, array: zarr.Array[Any], level: int, channels: 
             f"found shape {shape}: write it as an OME-Zarr image with named axes"
         )
     m = parse_axes(axes, shape, path)
+    checks.check_zarr_level(array, m, path)
+    checks.check_zarr_stored(array, path)
     infos = level_infos([m.yx(shape)], [m.yx(array.chunks)], None)
     _check_index("level", level, [_yx_text(infos[0].shape)], path)
     listing = (SeriesInfo.make(0, "", shape, axes, 1),)
@@ -452,27 +458,33 @@ def _ome_zarr_slide(
             f"{path} is a Zarr group without OME-NGFF 'multiscales' metadata; expected a Zarr "
             f"array or an OME-Zarr image: pass the path of the image array or group"
         )
-    ms = multiscales[0]
-    axes, axes_meta = ngff.ngff_axes(ms)
-    datasets = ms["datasets"]
-    arrays = [_ngff_level(group, d["path"], path) for d in datasets]
-    maps = [parse_axes(axes, a.shape, path) for a in arrays]
+    ms = ngff.parse_multiscale(multiscales[0], str(path))
+    arrays = [_ngff_level(group, key, path) for key in ms.paths]
+    maps = [parse_axes(ms.axes, a.shape, path) for a in arrays]
+    for a, m in zip(arrays, maps, strict=True):
+        checks.check_zarr_level(a, m, path)
     sizes = [m.yx(a.shape) for a, m in zip(arrays, maps, strict=True)]
+    checks.check_level_order(sizes, path)
+    checks.check_ngff_scales(sizes, ms, maps[0], path)
     tiles = [m.yx(a.chunks) for a, m in zip(arrays, maps, strict=True)]
-    x_unit = axes_meta[maps[0].x].get("unit")
-    mpps = [unit_to_um(ngff.ngff_scale(d, m.x) * ngff.ngff_scale(ms, m.x), x_unit)
-            for d, m in zip(datasets, maps, strict=True)]  # fmt: skip  # each dataset's own scale
+    x = maps[0].x
+    mpps = [unit_to_um(scale[x], ms.units[x]) for scale in ms.scales]  # each dataset's own scale
     infos = tuple(replace(i, mpp=mpp) for i, mpp in zip(level_infos(sizes, tiles), mpps, strict=True))
     _check_index("level", level, [_yx_text(info.shape) for info in infos], path)
-    listing = listing or (SeriesInfo.make(0, str(ms.get("name") or ""), arrays[0].shape, axes, len(arrays)),)
+    checks.check_zarr_stored(arrays[level], path)
+    listing = listing or (SeriesInfo.make(0, ms.name, arrays[0].shape, ms.axes, len(arrays)),)
     source = SourceInfo("ome-zarr", mpps[0], None, ngff.ngff_channel_names(attrs), (),
                         formats.zarr_codec_name(arrays[level]), listing, version)  # fmt: skip
     return Slide(path, level, series, arrays[level], maps[level], infos, source, channels)
 
 
 def _first_dataset_shape(group: zarr.Group) -> tuple[int, ...]:
-    multiscales, _ = ngff.ngff_multiscales(dict(group.attrs))
-    first = group.get(multiscales[0]["datasets"][0]["path"]) if multiscales else None
+    """Shape of the finest level of an image of a bioformats2raw Zarr; () if it has none."""
+    try:
+        multiscales, _ = ngff.ngff_multiscales(dict(group.attrs))
+        first = group.get(ngff.parse_multiscale(multiscales[0], "").paths[0]) if multiscales else None
+    except SlideReadError:
+        return ()
     return tuple(first.shape) if isinstance(first, zarr.Array) else ()
 
 
@@ -487,6 +499,11 @@ def _ngff_level(group: zarr.Group, key: str, path: Path) -> zarr.Array[Any]:
 
 
 # --- small helpers --------------------------------------------------------------------------
+
+
+_PNG_PIXELS_PER_BYTE = 8 * 1100
+"""Deflate expands at most ~1032x, and a pixel takes at least 1 bit: a PNG declaring more pixels
+than this per byte of file cannot be complete."""
 
 
 def _check_index(what: str, index: int, found: Sequence[str], path: Path) -> None:

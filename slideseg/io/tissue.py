@@ -23,6 +23,8 @@ from slideseg.plan.tiles import Box
 
 THUMBNAIL_SIDE = 1024
 """Longest side of the thumbnail that tissue is detected on."""
+READ_PIXELS = 2**24
+"""Most slide pixels read at once while the thumbnail is made (16 Mpx: 48 MB of RGB)."""
 SATURATION_LIMITS = (0.04, 0.15)
 """Otsu's saturation threshold is kept inside these bounds: below, glass noise would count as
 tissue; above, a slide that is all tissue would have its paler half thrown away."""
@@ -129,7 +131,7 @@ def thumbnail(path: str | os.PathLike[str], target_shape: tuple[int, int], serie
     """A (h, w, C) thumbnail with longest side about ``side`` and its scale onto ``target_shape``.
 
     Reads the coarsest pyramid level that is still at least ``side`` px long (any level if none
-    is), strided block by block, so memory stays bounded whatever the slide size.
+    is), strided block by block (:func:`strided`), so memory stays bounded whatever the slide size.
     """
 
     with open_slide(path, level=0, series=series, **open_kw) as level0:
@@ -138,22 +140,49 @@ def thumbnail(path: str | os.PathLike[str], target_shape: tuple[int, int], serie
     source = max(candidates)
     with open_slide(path, level=source, series=series, **open_kw) as slide:
         h, w = slide.shape[:2]
-        stride = max(1, max(h, w) // side)
-        block = max(stride, (4096 // stride) * stride)
-        rows = []
-        for y0 in range(0, h, block):
-            region = slide.read(y0, min(h, y0 + block), 0, w)
-            rows.append(region[::stride, ::stride])
-        image = np.concatenate(rows, axis=0)
+        image = strided(slide, max(1, max(h, w) // side))
     scale = (target_shape[0] / image.shape[0], target_shape[1] / image.shape[1])
     return image, scale
+
+
+def strided(slide: Any, stride: int, budget: int = READ_PIXELS) -> np.ndarray:
+    """``slide[::stride, ::stride]`` (h, w, C), read in blocks of at most ``budget`` pixels.
+
+    Blocks are whole multiples of ``stride`` high and wide, so each block's own ``[::stride]``
+    picks the same pixels as the whole level's; where even one stride-high row is too wide, only
+    the sampled rows are read, in pieces.
+
+    >>> class Ramp:
+    ...     shape, dtype = (7, 9, 1), np.int64
+    ...     def read(self, y0, y1, x0, x1):
+    ...         return (np.arange(y0, y1)[:, None, None] * 10 + np.arange(x0, x1)[None, :, None])
+    >>> strided(Ramp(), 3, budget=8)[..., 0].tolist()
+    [[0, 3, 6], [30, 33, 36], [60, 63, 66]]
+    """
+    h, w, c = slide.shape
+    image = np.zeros((-(-h // stride), -(-w // stride), c), np.dtype(getattr(slide, "dtype", np.int64)))
+    if stride * stride <= budget:  # blocks of whole stride cells
+        side = max(stride, math.isqrt(budget) // stride * stride)
+        bh, bw = side, max(stride, (budget // side) // stride * stride)
+        for y0 in range(0, h, bh):
+            for x0 in range(0, w, bw):
+                region = slide.read(y0, min(h, y0 + bh), x0, min(w, x0 + bw))[::stride, ::stride]
+                oy, ox = y0 // stride, x0 // stride
+                image[oy: oy + region.shape[0], ox: ox + region.shape[1]] = region
+        return image
+    piece = max(stride, budget // stride * stride)
+    for i, y in enumerate(range(0, h, stride)):  # one sampled row at a time, in pieces
+        for x0 in range(0, w, piece):
+            row = slide.read(y, y + 1, x0, min(w, x0 + piece))[0, ::stride]
+            image[i, x0 // stride: x0 // stride + row.shape[0]] = row
+    return image
 
 
 def load_tissue_mask(path: str | os.PathLike[str], slide_shape: tuple[int, int]) -> TissueMask:
     """A user-supplied mask (any image or Zarr that slideseg reads; non-zero = tissue), at any
     resolution with the slide's aspect ratio."""
 
-    with open_slide(path) as m:
+    with open_slide(path, channels=(0,)) as m:  # only channel 0 counts: never decode the others
         h, w = m.shape[:2]
         if h * w > 64e6:
             raise ConfigError(f"--tissue-mask {path} is {h} x {w} px; expected a low-resolution mask "

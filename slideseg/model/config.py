@@ -8,14 +8,31 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
+from slideseg.config import Config
 from slideseg.errors import ConfigError, ModelFileError
 from slideseg.plan.geometry import Geometry, Padding
 from slideseg.plan.tiles import MirrorMode
+
+Precision = Literal["fp32", "fp16", "bf16"]
+"""Arithmetic of a network: float32, or half precision (float16, bfloat16) on GPUs."""
+PRECISIONS: tuple[Precision, ...] = get_args(Precision)
+
+
+def check_precision(precision: str) -> Precision:
+    """Return ``precision`` if it is one of :data:`PRECISIONS`, else raise ConfigError.
+
+    >>> check_precision("bf16")
+    'bf16'
+    """
+    for p in PRECISIONS:
+        if precision == p:
+            return p
+    raise ConfigError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+
 
 _PALETTE: tuple[tuple[int, int, int, int], ...] = (
     (0, 0, 0, 0),
@@ -30,7 +47,7 @@ _PALETTE: tuple[tuple[int, int, int, int], ...] = (
 
 
 @dataclass(frozen=True)
-class UNetConfig:
+class UNetConfig(Config):
     """Architecture and input conventions of a U-Net; saved in every model file and output."""
 
     depth: int = 4
@@ -95,23 +112,6 @@ class UNetConfig:
     @property
     def geometry(self) -> Geometry:
         return Geometry(self.depth, self.padding, self.halo)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> UNetConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ConfigError(f"Unknown UNetConfig fields {sorted(unknown)}; known are {sorted(known)}.")
-        kw = dict(d)
-        for key in ("norm_mean", "norm_std", "class_names"):
-            if key in kw:
-                kw[key] = tuple(kw[key])
-        if "class_colors" in kw:
-            kw["class_colors"] = tuple(tuple(c) for c in kw["class_colors"])
-        return cls(**kw)
 
 
 def _check(ok: bool, message: str) -> None:

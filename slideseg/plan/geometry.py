@@ -37,13 +37,14 @@ class Geometry:
     @property
     def alignment(self) -> int:
         """Tile origins must be multiples of this (the pooling grid), in slide pixels."""
-        return 2**self.depth
+        pooling: int = 2**self.depth  # int ** int is typed Any (a negative power is a float)
+        return pooling
 
     @property
     def context(self) -> int:
         """Input pixels lost (valid) or added as halo (same) on each side of a tile."""
         if self.padding == "valid":
-            return 6 * 2**self.depth - 4
+            return 6 * self.alignment - 4
         return self.halo
 
     @property

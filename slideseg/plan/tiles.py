@@ -28,6 +28,10 @@ from slideseg.plan.geometry import Geometry
 
 MirrorMode = Literal["reflect", "symmetric"]
 
+MAX_SIDE = 2**24
+"""Longest side of a slide level (or output grid) slideseg plans, in pixels (16.7 M; the largest
+slides are ~0.25 M). Beyond it, the metadata is wrong, not the slide large."""
+
 
 @dataclass(frozen=True, order=True)
 class Box:
@@ -188,8 +192,9 @@ def make_plan(shape: tuple[int, int], *, tile: int, context: int, alignment: int
     """A plan for a slide of ``shape`` (H, W) and a network whose ``tile`` px input gives
     ``tile_output`` px kept output (default ``tile - 2 * context``)."""
     h, w = shape
-    if h < 1 or w < 1:
-        raise ConfigError(f"slide shape must be positive, got {shape}")
+    if not (1 <= h <= MAX_SIDE and 1 <= w <= MAX_SIDE):
+        raise ConfigError(f"slide shape must be positive and at most {MAX_SIDE} px per side, got {shape}: check "
+                          "the slide's size metadata, and --mpp (a wrong pixel size resamples to an absurd size)")
     if chunk < 1:
         raise ConfigError(f"chunk must be >= 1 px, got {chunk}")
     out = tile - 2 * context if tile_output is None else tile_output
@@ -243,11 +248,13 @@ def mirror_index(idx: np.ndarray, n: int, mode: MirrorMode) -> np.ndarray:
     if mode == "reflect":
         period = 2 * n - 2
         m = np.mod(idx, period)
-        return np.where(m >= n, period - m, m)
+        reflected: np.ndarray = np.where(m >= n, period - m, m)
+        return reflected
     if mode == "symmetric":
         period = 2 * n
         m = np.mod(idx, period)
-        return np.where(m >= n, period - 1 - m, m)
+        symmetric: np.ndarray = np.where(m >= n, period - 1 - m, m)
+        return symmetric
     raise ConfigError(f"mirror mode must be 'reflect' or 'symmetric', got {mode!r}")
 
 

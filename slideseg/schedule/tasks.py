@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from slideseg.engines.registry import load_engine
+from slideseg.io.normalise import Op
 from slideseg.io.resample import ResampledSlide
 from slideseg.io.slide import open_slide
 from slideseg.plan.tiles import MirrorMode, Plan
@@ -40,6 +41,8 @@ class EngineKey:
     compile: bool = False
     max_batch: int | None = None
     """Largest batch the engine will see (sizes ONNX exports and TensorRT profiles)."""
+    normalisation: tuple[Op, ...] | None = None
+    """One slide's resolved pre-processing constants, used in place of the model's own (None: the model's)."""
 
 
 @dataclass(frozen=True)
@@ -81,7 +84,8 @@ def engine_for(key: EngineKey) -> Batcher:
     with _LOCK:
         if key not in _ENGINES:
             engine = load_engine(key.model_path, key.name, device=key.device, threads=key.threads,
-                                 precision=key.precision, compile=key.compile, max_batch=key.max_batch)
+                                 precision=key.precision, compile=key.compile, max_batch=key.max_batch,
+                                 normalisation=key.normalisation)
             _ENGINES[key] = Batcher(engine)
         return _ENGINES[key]
 

@@ -24,9 +24,10 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy import ndimage
 
-from slideseg.errors import ConfigError, TrainingDataError
+from slideseg.errors import ConfigError, OutputFormatError, SlideReadError, TrainingDataError
+from slideseg.io.images import open_mask
 from slideseg.plan.tiles import grid_boxes
-from slideseg.train.data import open_mask
+from slideseg.write.mask import describe_mask
 
 GtKind = Literal["auto", "classes", "instances"]
 
@@ -191,6 +192,7 @@ def evaluate(pred: str | Path, gt: str | Path, *, gt_kind: GtKind = "auto", bloc
 
     if block < 16:
         raise ConfigError(f"block must be >= 16 px, got {block}")
+    names = _prediction_names(Path(pred))
     p = open_mask(Path(pred), "classes")
     try:
         classes_gt, instances_gt = _open_truth(Path(gt), gt_kind)
@@ -198,14 +200,14 @@ def evaluate(pred: str | Path, gt: str | Path, *, gt_kind: GtKind = "auto", bloc
         p.close()
         raise
     try:
-        return _evaluate(p, classes_gt, instances_gt, pred, gt, block)
+        return _evaluate(p, classes_gt, instances_gt, pred, gt, block, names)
     finally:
         for reader in {id(r): r for r in (p, classes_gt, instances_gt) if r is not None}.values():
             reader.close()
 
 
-def _evaluate(p: Any, classes_gt: Any, instances_gt: Any, pred: str | Path, gt: str | Path, block: int
-              ) -> EvalResult:
+def _evaluate(p: Any, classes_gt: Any, instances_gt: Any, pred: str | Path, gt: str | Path, block: int,
+              names: dict[int, str]) -> EvalResult:
     h, w = p.shape[:2]
     if classes_gt.shape[:2] != (h, w):
         raise ConfigError(f"the prediction {pred} is {h} x {w} px but the truth {gt} is "
@@ -253,7 +255,7 @@ def _evaluate(p: Any, classes_gt: Any, instances_gt: Any, pred: str | Path, gt: 
 
     pred_root = pred_cc.uf.roots()
     gt_root = gt_cc.uf.roots() if gt_cc is not None else None
-    return _summarise(confusion, _names(Path(pred)),
+    return _summarise(confusion, names,
                       _objects(pair_k, pair_c, parea_k, parea_c, garea_k, garea_c, touch, pred_root, gt_root))
 
 
@@ -282,18 +284,6 @@ def _ids(region: np.ndarray, path: Any) -> NDArray[np.int64]:
     return a.astype(np.int64)
 
 
-def _names(pred: Path) -> dict[int, str]:
-    """Class names from a predict mask's ``image-label`` properties, if there are any."""
-    for meta in (pred / ".zattrs", pred / "zarr.json"):
-        if meta.is_file():
-            try:
-                attrs = json.loads(meta.read_text())
-                attrs = attrs.get("attributes", attrs)
-                attrs = attrs.get("ome", attrs)  # NGFF 0.5 keeps its attributes under "ome"
-                return {int(p["label-value"]): str(p.get("class")) for p in attrs["image-label"]["properties"]}
-            except (ValueError, KeyError, TypeError):
-                return {}
-    return {}
 
 
 def _objects(pair_k: list[U64], pair_c: list[Any], parea_k: list[U64], parea_c: list[Any], garea_k: list[U64],
@@ -368,3 +358,38 @@ def _summarise(confusion: NDArray[np.int64], names: dict[int, str], objects: dic
         confusion=tuple(tuple(int(v) for v in row) for row in cm),
         foreground_iou=float(fg_tp / fg_union) if fg_union else float("nan"),
         objects=objects["objects"], merges=objects["merges"])
+
+
+def _prediction_names(pred: Path) -> dict[int, str]:
+    """Class names of a slideseg mask, after checking it is complete; {} for other label images
+    (PNG, TIFF, a plain Zarr array), which are evaluated as they are."""
+    try:
+        info = describe_mask(pred)
+    except (SlideReadError, OutputFormatError):
+        return {}
+    if not info["complete"]:
+        done = f"{info['chunks_done']} of {info['chunks_total']} chunks" if info["chunks_total"] else "not finished"
+        raise OutputFormatError(f"{pred} is incomplete ({done}): a predict run that stopped; finish it with "
+                                "`slideseg predict ... --resume` before evaluating it")
+    return {int(c["value"]): str(c["name"]) for c in info["classes"] if c["name"] is not None}
+
+
+def object_scores(pred: NDArray[np.integer], truth: NDArray[np.integer]) -> dict[str, dict[str, float]]:
+    """The ``objects`` and ``merges`` of :class:`EvalResult` for two label images in memory.
+
+    ``pred`` holds class ids (its objects are the 4-connected components of the foreground) and
+    ``truth`` instance ids (0 = background), both (H, W); matching and merges as :func:`evaluate`.
+
+    >>> truth = np.array([[1, 1, 2, 2, 0, 3]])
+    >>> s = object_scores(np.array([[1, 1, 1, 1, 0, 0]]), truth)
+    >>> s["objects"]["matched"], s["merges"]["merged_pairs"], s["merges"]["touching_pairs"]
+    (0, 1, 1)
+    """
+    lab, n = ndimage.label(np.asarray(pred) > 0)
+    lab = lab.astype(np.int64)
+    g = np.asarray(truth).astype(np.int64)
+    fg, g_fg = lab > 0, g > 0
+    tables = [_pairs(g[fg & g_fg], lab[fg & g_fg]), _pairs(np.zeros(int(fg.sum()), np.int64), lab[fg]),
+              _pairs(np.zeros(int(g_fg.sum()), np.int64), g[g_fg])]
+    (pk, pc), (ak, ac), (gk, gc) = tables
+    return _objects([pk], [pc], [ak], [ac], [gk], [gc], [_touching(g, None, None)], np.arange(n + 1), None)

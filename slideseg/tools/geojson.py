@@ -22,7 +22,8 @@ import numpy as np
 from slideseg.errors import ConfigError, OutputExistsError
 from slideseg.io.slide import open_slide
 from slideseg.tools.trace import Polygon, iter_polygons, trace_polygons
-from slideseg.write.mask import read_mask
+from slideseg.write.labels import ParentLevels
+from slideseg.write.mask import MaskLevels, read_mask
 
 __all__ = [
     "OBJECT_TYPES",
@@ -115,13 +116,13 @@ def export_geojson(mask_path: str | os.PathLike[str], output: str | os.PathLike[
     names = mask.names
     colours = {c.value: list(c.rgba[:3]) for c in mask.classes}
     values = parse_classes(classes, names)
-    scale = level0_scale(tuple(arrays[0].shape), mask.source, slide_path)
+    scale = mask_level_scale(mask, 0, slide_path)
+    traced = mask_level_scale(mask, level, slide_path) if level else scale
     array = arrays[level]
     shape = (int(array.shape[0]), int(array.shape[1]))
-    factor = 2**level  # level l pixel i is level-0 pixel i * 2**l (x2 nearest pyramid)
-    sx, sy = scale.sx * factor, scale.sy * factor
+    sx, sy = traced.sx, traced.sy
     rows = _stripe_rows(shape[1], int(array.chunks[0]))
-    polygons = iter_polygons(lambda y0, y1: array[y0:y1], shape, values, rows)
+    polygons = iter_polygons(lambda y0, y1: np.asarray(array[y0:y1]), shape, values, rows)
     meta = {"mask": str(Path(mask_path).resolve()), "level": level, "scale_to_level0": [sx, sy],
             "scale_how": scale.how, "min_area": min_area, "object_type": object_type}
     counts = dict.fromkeys((names[v] for v in values), 0)
@@ -143,6 +144,25 @@ def export_geojson(mask_path: str | os.PathLike[str], output: str | os.PathLike[
     return GeoJSONResult(out, level, writer.features, counts, dropped, scale, time.perf_counter() - t0)
 
 
+def mask_level_scale(mask: MaskLevels, level: int, slide_path: str | os.PathLike[str] | None = None
+                     ) -> Level0Scale:
+    """Factors from pixels of ``level`` of a mask to its slide's level-0 pixels.
+
+    A mask written into an image (``predict --into``) follows that image's own pyramid, whatever
+    its factors (x2, x4...): its level ``l`` maps to the image's level 0 by the ratio of the scales
+    the image declares, and no slide is needed. Any other mask is a x2 pyramid over the grid it was
+    predicted on: :func:`level0_scale` of level 0, times ``2**level``.
+    """
+    into = mask.record.get("into")
+    if into:
+        parent = ParentLevels.from_dict(into)
+        (y0, x0), (yl, xl) = parent.scales[0], parent.scales[level]
+        return Level0Scale(xl / x0, yl / y0, f"the image's level {level} over its level 0 (its own pyramid)")
+    base = level0_scale(tuple(mask.levels[0].shape), mask.source, slide_path)
+    return Level0Scale(base.sx * 2**level, base.sy * 2**level, base.how + (f", times 2**{level}" if level else ""),
+                       base.assumed)
+
+
 def level0_scale(mask_shape: tuple[int, ...], source: Mapping[str, Any],
                  slide_path: str | os.PathLike[str] | None = None) -> Level0Scale:
     """Factors from a mask's level-0 pixels to its slide's level-0 pixels.
@@ -158,6 +178,10 @@ def level0_scale(mask_shape: tuple[int, ...], source: Mapping[str, Any],
     level, resample = int(source.get("level", 0)), float(source.get("resample_factor", 1.0))
     if slide_path is None and level == 0 and resample == 1.0:
         return Level0Scale(1.0, 1.0, "the mask was predicted on slide level 0")
+    hm, wm = int(mask_shape[0]), int(mask_shape[1])
+    recorded = source.get("level0_shape")
+    if slide_path is None and isinstance(recorded, list | tuple) and len(recorded) == 2:
+        return _scale_from_shapes((int(recorded[0]), int(recorded[1])), (hm, wm), "the recorded slide level 0")
     path = Path(slide_path) if slide_path is not None else Path(str(source.get("path", "")))
     if slide_path is None and not path.is_file() and not path.is_dir():
         guess = 2.0**level * resample
@@ -166,17 +190,25 @@ def level0_scale(mask_shape: tuple[int, ...], source: Mapping[str, Any],
     series = source.get("series")
     with open_slide(path, level=0, series=int(series) if series is not None else None) as slide:
         h0, w0 = slide.shape[:2]
-    hm, wm = int(mask_shape[0]), int(mask_shape[1])
+    return _scale_from_shapes((h0, w0), (hm, wm), f"{path.name} level 0", path)
+
+
+def _scale_from_shapes(level0: tuple[int, int], mask: tuple[int, int], what: str, path: Path | None = None
+                       ) -> Level0Scale:
+    """Factors from a mask of shape ``mask`` to a slide level 0 of shape ``level0``: exactly 2**k when
+    the mask is level 0 halved k times with rounding up (as x2 pyramids are), else the ratio."""
+    (h0, w0), (hm, wm) = level0, mask
     for k in range(32):
         if (-(-h0 // 2**k), -(-w0 // 2**k)) == (hm, wm):
-            return Level0Scale(2.0**k, 2.0**k, f"{2**k}: {path.name} level 0 ({h0}x{w0}) halved {k} times")
+            return Level0Scale(2.0**k, 2.0**k, f"{2**k}: {what} ({h0}x{w0}) halved {k} times")
         if 2**k > max(h0, w0):
             break
     sy, sx = h0 / hm, w0 / wm
     if abs(sy / sx - 1) > 0.02:
-        raise ConfigError(f"{path} level 0 is {h0}x{w0} px, which does not have the mask's shape ({hm}x{wm}) "
+        where = path if path is not None else what
+        raise ConfigError(f"{where} is {h0}x{w0} px, which does not have the mask's shape ({hm}x{wm}) "
                           f"at any scale; expected the slide the mask was predicted on: pass it with --slide")
-    return Level0Scale(sx, sy, f"{path.name} level 0 ({h0}x{w0}) over the mask ({hm}x{wm})")
+    return Level0Scale(sx, sy, f"{what} ({h0}x{w0}) over the mask ({hm}x{wm})")
 
 
 def parse_classes(spec: str | Sequence[int | str] | None, names: Mapping[int, str]) -> list[int]:

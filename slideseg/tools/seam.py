@@ -1,17 +1,25 @@
 """The measured seam error of a model: tiled inference, exactly as ``predict`` tiles, against one
 whole-image pass over the same mirror-padded region. It tells which halo a same-padded network
 needs; valid-convolution U-Nets give float rounding only.
+
+:func:`plan_report` is ``slideseg plan``: how a model tiles (a slide), and its seam error per halo.
 """
 
 from __future__ import annotations
 
+import os
+from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from slideseg.engines.base import Engine
+from slideseg.engines.base import Engine, Preprocessed
+from slideseg.engines.registry import load_engine
 from slideseg.errors import ConfigError
+from slideseg.io.normalise import array_statistics, percentiles_of, resolve
+from slideseg.io.slide import open_slide
 from slideseg.model.config import UNetConfig
 from slideseg.plan.geometry import Geometry
 from slideseg.plan.tiles import plan_slide
@@ -39,6 +47,107 @@ class SeamError:
                 "max_abs": self.max_abs, "mean_abs": self.mean_abs, "changed_ids": self.changed_ids}
 
 
+def plan_report(model_path: str | os.PathLike[str], slide: str | os.PathLike[str] | None = None, *,
+                tile: int | None = None, chunk: int = 1024, halos: Sequence[int] | None = None, region: int = 512,
+                seam_chunk: int | None = None, measure: bool = True, engine: str | None = None,
+                device: str = "auto") -> dict[str, Any]:
+    """How the model at ``model_path`` tiles, and its measured seam error, as plain JSON-able data.
+
+    Parameters
+    ----------
+    model_path
+        A model file (``.safetensors``, ``.onnx`` / ``.pt2`` / TorchScript with a sidecar, or a
+        bioimage.io package, whose declared halo is its own). Normalisation by slide statistics
+        takes the statistics of the test region.
+    slide
+        A slide to plan for: adds the ``plan`` (grid, tile, redundancy), and its centre (``region``
+        px square, level 0) becomes the test region. Without one, a synthetic region is used.
+    tile, chunk
+        Tile and output chunk edge of the slide's plan, px (``tile=None``: what ``predict`` picks).
+    halos
+        Same-padded models: the halos to measure, px (multiples of 2**depth). None: 0, 1, 2, 4 and
+        8 pooling steps, and the model's own. Valid models are measured once, without a halo.
+    region
+        Edge of the test region, px.
+    seam_chunk
+        Chunk edge of the measurement, px. None: half the region, so the region has seams.
+    measure
+        Measure the seam error (``seam_error`` rows, see :class:`SeamError`).
+    engine
+        Engine of the measurement. None: torch for ``.safetensors`` models (no export per tile
+        size), else 'auto'.
+    device
+        'auto', 'cpu' or 'cuda[:N]'.
+
+    Returns
+    -------
+    dict
+        ``model``, ``engine``, ``padding``, ``depth``, ``alignment``, ``context``, ``valid_tiles``;
+        ``plan`` with a slide; ``seam_error`` (one row per halo) when measured.
+    """
+    if chunk < 16:
+        raise ConfigError(f"--chunk must be >= 16 px, got {chunk}")
+    if region < 1:
+        raise ConfigError(f"--region must be >= 1 px, got {region}")
+    eng = load_engine(model_path, engine or ("torch" if Path(model_path).suffix == ".safetensors" else "auto"),
+                      device=device)
+    cfg = eng.config
+    g = cfg.geometry
+    report: dict[str, Any] = {"model": str(model_path), "engine": eng.describe(), "padding": cfg.padding,
+                              "depth": cfg.depth, "alignment": g.alignment, "context": g.context,
+                              "valid_tiles": g.describe_valid()}
+    image = None
+    if slide is not None:
+        report["plan"], image = _slide_plan_and_centre(Path(slide), g, tile=tile, chunk=chunk, region=region)
+    if measure:
+        if image is None:
+            image = sample_region(cfg, region)
+        c = seam_chunk or max(g.alignment, image.shape[0] // 2)
+        bound, stats = bound_to(eng, image.transpose(2, 0, 1)[None])
+        if stats is not None:  # the test region's statistics stand for the slide's
+            report["statistics"] = stats
+        report["seam_error"] = [measure_seam_error(bound, image, halo=h, tile=tile, chunk=c).to_dict()
+                                for h in halos_to_measure(cfg, halos)]
+    return report
+
+
+def bound_to(engine: Engine, batch: np.ndarray) -> tuple[Engine, dict[str, Any] | None]:
+    """``engine`` with its statistics steps bound to the statistics of ``batch`` (N, C, H, W), the image
+    it is about to run on (a test region stands for a slide), and those statistics; an engine that
+    needs none is returned as it is, with None."""
+    if not isinstance(engine, Preprocessed) or not engine.needs_statistics:
+        return engine, None
+    pixels = np.concatenate(list(batch), axis=2).transpose(1, 2, 0)  # (H, N*W, C): every sample
+    stats = array_statistics(pixels, percentiles_of(engine.preprocessing))
+    return engine.bind(resolve(engine.preprocessing, stats)), stats.to_dict()
+
+
+def halos_to_measure(config: UNetConfig, halos: Sequence[int] | None = None) -> list[int | None]:
+    """The halos :func:`plan_report` measures: ``[None]`` (no halo) for valid models; for same-padded
+    ones ``halos``, or by default 0, 1, 2, 4 and 8 pooling steps and the model's own, sorted.
+
+    >>> halos_to_measure(UNetConfig(depth=2, padding="same", halo=12))
+    [0, 4, 8, 12, 16, 32]
+    >>> halos_to_measure(UNetConfig(depth=2))
+    [None]
+    """
+    if config.padding != "same":
+        return [None]
+    a = config.geometry.alignment
+    return [h for h in sorted(set(halos or [*(k * a for k in (0, 1, 2, 4, 8)), config.halo]))]
+
+
+def _slide_plan_and_centre(slide: Path, geometry: Geometry, *, tile: int | None, chunk: int,
+                           region: int) -> tuple[dict[str, Any], np.ndarray]:
+    """The slide's plan (as ``predict`` plans it) and its central ``region`` px square (level 0)."""
+    with open_slide(slide) as s:
+        h, w = s.shape[:2]
+        plan = plan_slide((h, w), geometry, chunk=chunk, tile=tile).describe()
+        r = min(region, h, w)
+        y0, x0 = (h - r) // 2, (w - r) // 2
+        return plan, s.read(y0, y0 + r, x0, x0 + r)
+
+
 def seam_geometry(config: UNetConfig, halo: int | None) -> Geometry:
     """The geometry to tile with: the model's, with ``halo`` in place of its own (same padding)."""
     if config.padding == "valid" or halo is None:
@@ -60,6 +169,9 @@ def measure_seam_error(engine: Engine, image: np.ndarray, *, halo: int | None = 
     g = seam_geometry(engine.config, halo)
     shape = (int(image.shape[0]), int(image.shape[1]))
     plan = plan_slide(shape, g, chunk=chunk, tile=tile or engine.fixed_tile)
+    if tile is None and engine.min_tile and plan.tile < engine.min_tile:  # a package's smallest tile
+        bigger = next(n for n in range(engine.min_tile, 8 * engine.min_tile) if g.is_valid(n))
+        plan = plan_slide(shape, g, chunk=chunk, tile=bigger)
     tile = plan.tile
     reader = _ArrayReader(image)
     tiled = np.empty((engine.config.classes, *shape), np.float32)

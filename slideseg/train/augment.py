@@ -10,15 +10,16 @@ resampled bilinearly, masks and weight maps with nearest neighbour so labels sta
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, fields
-from typing import Any
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import NDArray
 from scipy import ndimage
 
+from slideseg.config import Config
 from slideseg.errors import ConfigError
 from slideseg.plan.tiles import Box, mirror_index
 from slideseg.train.data import Item, TileGeometry, draw_origin, item_weights, window_arrays
@@ -33,7 +34,7 @@ _HED_FROM_RGB = np.linalg.inv(_RGB_FROM_HED)
 
 
 @dataclass(frozen=True)
-class AugmentConfig:
+class AugmentConfig(Config):
     """Which augmentations a training run applies, and how strongly; saved in checkpoints."""
 
     flips: bool = True
@@ -68,16 +69,6 @@ class AugmentConfig:
         """Extra context (px per side) read around a tile so deformation rarely leaves it: 3 sigma."""
         return math.ceil(3 * self.elastic_sigma) if self.elastic and self.elastic_sigma > 0 else 0
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> AugmentConfig:
-        known = {f.name for f in fields(cls)}
-        if unknown := sorted(set(d) - known):
-            raise ConfigError(f"Unknown AugmentConfig fields {unknown}; known are {sorted(known)}.")
-        return cls(**d)
-
 
 NONE = AugmentConfig(flips=False, rotations=False, elastic=False, brightness=0.0, contrast=0.0)
 """No augmentation (validation)."""
@@ -102,15 +93,26 @@ def elastic_field(size: int, rng: np.random.Generator, sigma: float, grid: int) 
     """Per-pixel displacements (dy, dx) of a ``size`` x ``size`` tile, each (size, size) float32.
 
     Displacements are drawn from N(0, sigma²) on a ``grid`` x ``grid`` lattice spanning the tile
-    (corners included) and interpolated with a cubic spline.
+    (corners included) and interpolated with a cubic spline. The spline interpolation of a lattice
+    is separable, so it is computed as ``W @ coarse @ W.T`` with the (size, grid) weights ``W`` of
+    the 1-D interpolation: the same values as 2-D ``map_coordinates``, in a fraction of the time.
     """
     coarse = rng.normal(0.0, sigma, (2, grid, grid))  # (2, g, g)
-    u = np.linspace(0.0, grid - 1.0, size)
-    yy, xx = np.meshgrid(u, u, indexing="ij")
-    order = min(3, grid - 1)
-    dy, dx = (ndimage.map_coordinates(c, [yy, xx], order=order, mode="nearest").astype(np.float32)
-              for c in coarse)
+    weights = _spline_weights(size, grid)  # (size, g)
+    dy, dx = ((weights @ c @ weights.T).astype(np.float32) for c in coarse)
     return dy, dx
+
+
+@functools.lru_cache(maxsize=16)
+def _spline_weights(size: int, grid: int) -> NDArray[np.float64]:
+    """(size, grid): row i interpolates a ``grid``-point signal at ``i * (grid - 1) / (size - 1)``
+    with the cubic spline (order ``min(3, grid - 1)``, 'nearest' beyond the ends) of scipy."""
+    u = np.linspace(0.0, grid - 1.0, size)
+    order = min(3, grid - 1)
+    columns = [ndimage.map_coordinates(np.eye(grid)[j], [u], order=order, mode="nearest") for j in range(grid)]
+    weights = np.stack(columns, axis=1)
+    weights.flags.writeable = False
+    return weights
 
 
 def warp(image: F32, labels: list[np.ndarray], size: int, margin: int, dy: F32, dx: F32
@@ -120,15 +122,23 @@ def warp(image: F32, labels: list[np.ndarray], size: int, margin: int, dy: F32, 
     Output pixel (i, j) takes the input at ``(margin + i + dy, margin + j + dx)``: bilinear for
     ``image`` (Y, X, C), nearest for each of ``labels`` (Y, X). Beyond the input it mirrors.
     """
-    iy, ix = np.meshgrid(np.arange(size, dtype=np.float32), np.arange(size, dtype=np.float32), indexing="ij")
-    coords = np.stack([iy + margin + dy, ix + margin + dx])  # (2, size, size)
+    grid = np.arange(margin, margin + size, dtype=np.float32)
+    coords = np.empty((2, size, size), np.float32)
+    np.add(grid[:, None], dy, out=coords[0])
+    np.add(grid[None, :], dx, out=coords[1])
     img = np.empty((size, size, image.shape[2]), np.float32)
     for c in range(image.shape[2]):
         ndimage.map_coordinates(image[..., c], coords, output=img[..., c], order=1, mode="mirror")
-    nearest = np.rint(coords).astype(np.int64)
     h, w = image.shape[:2]
-    ny, nx = mirror_index(nearest[0], h, "reflect"), mirror_index(nearest[1], w, "reflect")
+    ny, nx = (_inside_or_mirrored(np.rint(a).astype(np.intp), n) for a, n in ((coords[0], h), (coords[1], w)))
     return img, [lab[ny, nx] for lab in labels]
+
+
+def _inside_or_mirrored(idx: NDArray[np.intp], n: int) -> NDArray[np.intp]:
+    """``idx`` mirrored into [0, n) ('reflect'); as it is when it is inside already (the usual case)."""
+    if idx.size and int(idx.min()) >= 0 and int(idx.max()) < n:
+        return idx
+    return mirror_index(idx, n, "reflect")
 
 
 def brightness_contrast(image: F32, rng: np.random.Generator, brightness: float, contrast: float) -> F32:

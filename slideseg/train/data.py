@@ -35,6 +35,8 @@ from slideseg.plan.tiles import Box, mirror_index
 from slideseg.train.loss import MaskKind, TargetSpec, make_target
 
 MASK_KINDS = ("instances", "classes")
+MAX_CLASSES = 255
+"""Most classes a model has (ids 0..254: the mask is uint8)."""
 IN_MEMORY_MAX_PX = 2048 * 2048
 """Images up to this many pixels are loaded whole and their weight maps cached."""
 _SUFFIXES = (".ome.tiff", ".ome.tif", ".ome.zarr", ".tiff", ".tif", ".png", ".zarr")
@@ -191,6 +193,8 @@ class Item:
     image: Any
     mask: Any
     cache: dict[str, np.ndarray] | None = None
+    class_counts: NDArray[np.int64] | None = None
+    """Pixels per class id (instances: background, object) over the whole mask, once counted."""
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -304,6 +308,11 @@ def load_training_data(*, images: Path | None = None, masks: Path | None = None,
         _close_items(opened)
         raise TrainingDataError(f"images have different channel counts ({sorted(channels)[:4]}); expected the "
                                 "same channels in every training and validation image.")
+    try:
+        check_class_ids([it for it in (*train, *val)], mask_kind)
+    except BaseException:
+        _close_items(opened)
+        raise
     desc = {"mask_kind": mask_kind, "train": [it.name for it in train], "val": [it.name for it in val],
             "source": str(manifest) if manifest else f"{images} + {masks}", "val_fraction": val_fraction}
     return TrainingData(train, val, mask_kind, desc)
@@ -345,13 +354,78 @@ def check_mask_values(mask: np.ndarray, kind: MaskKind, classes: int, name: str)
                                 "(0 = background).")
     if kind == "classes" and hi >= classes:
         found = np.unique(mask)
-        hint = (" (a binary mask saved as 0/255? divide it by 255)" if hi == 255 and len(found) <= 2
-                else "; pass --classes with more classes")
+        if hi == MAX_CLASSES and set(found.tolist()) <= {0, MAX_CLASSES}:
+            hint = " (a binary mask saved as 0/255? divide it by 255)"
+        elif hi >= MAX_CLASSES:
+            hint = f"; a model has at most {MAX_CLASSES} classes: remap the ids to 0..N-1"
+        else:
+            hint = f"; pass --classes {hi + 1} or more"
         raise TrainingDataError(f"mask {name} holds class id {hi} (values {found[:8].tolist()}); expected ids "
                                 f"0..{classes - 1} for a {classes}-class model{hint}, or --mask-kind instances "
                                 "for instance labels.")
     return mask.astype(np.int64, copy=False)
 
+
+
+# --------------------------------------------------------------------------------- class counts
+
+COUNT_BLOCK = 2048
+"""Masks are counted in blocks of at most this many rows and columns (4 Mpx)."""
+
+
+def count_classes(item: Item, kind: MaskKind) -> NDArray[np.int64]:
+    """Pixels per class id over the whole mask of ``item`` (instances: background, object),
+    read block by block; cached on the item. Checks every value on the way (see
+    :func:`check_mask_values`), so a bad value anywhere is found before training starts."""
+    if item.class_counts is not None:
+        return item.class_counts
+    h, w = item.shape
+    total = np.zeros(0, np.int64)
+    for y0 in range(0, h, COUNT_BLOCK):
+        for x0 in range(0, w, COUNT_BLOCK):
+            block = np.asarray(item.mask.read(y0, min(h, y0 + COUNT_BLOCK), x0, min(w, x0 + COUNT_BLOCK)))
+            labels = check_mask_values(block, kind, MAX_CLASSES + 1, item.name)  # ids > 255 raise before bincount
+            counts = np.bincount((labels > 0).ravel() if kind == "instances" else labels.ravel())
+            k = max(len(counts), len(total))
+            total = np.pad(total, (0, k - len(total))) + np.pad(counts, (0, k - len(counts)))
+    item.class_counts = total
+    return total
+
+
+def check_class_ids(items: Sequence[Item], kind: MaskKind) -> NDArray[np.int64]:
+    """Count the classes of every item exactly and refuse class masks whose ids are not the
+    consecutive ``0..N-1`` a model's outputs are: a 0/255 binary mask (it would make a
+    256-class model) or sparse ids such as 0, 100, 200 (a 201-class model with 198 classes that
+    never occur). Returns the summed counts.
+
+    Raises
+    ------
+    TrainingDataError
+        The message lists the values found and says how to fix the masks.
+    """
+    total = np.zeros(0, np.int64)
+    for item in items:
+        counts = count_classes(item, kind)
+        k = max(len(counts), len(total))
+        total = np.pad(total, (0, k - len(total))) + np.pad(counts, (0, k - len(counts)))
+    if kind != "classes" or not total.size:
+        return total
+    present = np.flatnonzero(total).tolist()
+    missing = len(total) - len(present)
+    shown = ", ".join(map(str, present[:8])) + (", ..." if len(present) > 8 else "")
+    if present and present[-1] == 255 and set(present) <= {0, 255}:
+        raise TrainingDataError(f"the class masks hold only the values {shown}: a binary mask saved as 0/255 (it "
+                                "would make a 256-class model); divide the masks by 255 so the classes are 0 and 1.")
+    if missing > max(2, len(present)):
+        mapping = ", ".join(f"{v} -> {i}" for i, v in enumerate(present[:6])) + (", ..." if len(present) > 6 else "")
+        raise TrainingDataError(f"the class masks hold the values {shown}, not consecutive class ids: a model needs "
+                                f"ids 0..N-1, so these would make a {len(total)}-class model in which {missing} "
+                                f"classes never occur; remap the ids to 0..{len(present) - 1} ({mapping}).")
+    if len(total) > MAX_CLASSES:
+        raise TrainingDataError(f"the class masks hold {len(present)} class ids up to {len(total) - 1}; a model has "
+                                f"at most {MAX_CLASSES} classes (ids 0..{MAX_CLASSES - 1}): merge classes so the ids "
+                                f"fit.")
+    return total
 
 
 # ------------------------------------------------------------------------------------- sampling
@@ -470,10 +544,10 @@ class Statistics:
 
 def estimate_statistics(items: Sequence[Item], kind: MaskKind, seed: int, windows: int = 8, size: int = 512
                         ) -> Statistics:
-    """Per-channel mean/std and class frequencies: whole small images, ``windows`` random
-    ``size``-px windows of large ones."""
+    """Per-channel mean/std (whole small images, ``windows`` random ``size``-px windows of large
+    ones) and exact class frequencies (every mask counted block by block, :func:`count_classes`)."""
     rng = np.random.default_rng([seed, 2])
-    total = np.zeros(0, np.int64)
+    total = check_class_ids(items, kind)
     s1 = s2 = None
     n = 0
     for item in items:
@@ -487,11 +561,6 @@ def estimate_statistics(items: Sequence[Item], kind: MaskKind, seed: int, window
             s1 = px.sum(0) if s1 is None else s1 + px.sum(0)
             s2 = (px * px).sum(0) if s2 is None else s2 + (px * px).sum(0)
             n += len(px)
-            labels = check_mask_values(np.asarray(item.mask.read(b.y0, b.y1, b.x0, b.x1)), kind, 256, item.name)
-            classes = (labels > 0).astype(np.int64) if kind == "instances" else labels
-            counts = np.bincount(classes.ravel())
-            k = max(len(counts), len(total))
-            total = np.pad(total, (0, k - len(total))) + np.pad(counts, (0, k - len(counts)))
     assert s1 is not None and s2 is not None
     mean = s1 / n
     std = np.sqrt(np.maximum(s2 / n - mean * mean, 0.0))

@@ -1,42 +1,49 @@
-"""``slideseg train``: data → statistics → model → seeded tiles in background threads → SGD →
-checkpoints (the same ``.safetensors`` model files that ``predict`` reads).
+"""``slideseg train``: data → hold-out → statistics → model → budget → seeded tiles in background
+threads → optimiser steps → validation → checkpoints (the same ``.safetensors`` model files that
+``predict`` reads).
 
 Training shares predict's geometry: a valid-convolution U-Net trains on a large input tile with the
 loss on its output window, output origins on the pooling grid, and pixels beyond the image made by
 the model's mirror mode (:func:`slideseg.plan.mirror_index`). The loss is the paper's weighted
-pixel-wise cross-entropy (:mod:`slideseg.train.loss`).
+pixel-wise cross-entropy (:mod:`slideseg.train.loss`). What is not asked for comes from a recipe
+and the budget rule (:mod:`slideseg.train.recipe`); the files a run writes are described in
+:mod:`slideseg.train.checkpoint`.
 
-Files beside ``-o model.safetensors``:
-
-- ``model.safetensors``: the best model by validation loss (the last without validation);
-- ``model.last.safetensors``: the last model; ``model.resume.safetensors``: optimiser and counters
-  for ``--resume``; ``model.metrics.csv``: one row per epoch.
-
-Every tile is a function of ``(seed, tile index)`` and dropout is seeded per step, so a run is
-reproducible on one machine, and a resumed run equals an uninterrupted one.
+Every tile is a function of ``(seed, tile index)`` and dropout is seeded per step, so a run with a
+step budget is reproducible on one machine, and a resumed run equals an uninterrupted one. A run
+with a time budget (``max_time`` alone) depends on the speed of the machine.
 """
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import json
 import math
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 
-from slideseg import __version__
+from slideseg.config import Config
 from slideseg.engines.torch_engine import resolve_device
-from slideseg.errors import ConfigError, ModelFileError, OutputExistsError
+from slideseg.errors import ConfigError, ModelFileError
 from slideseg.model.config import UNetConfig
-from slideseg.model.files import load_model, read_model_config, save_model
+from slideseg.model.files import load_model, read_model_config
 from slideseg.model.unet import build_unet
 from slideseg.train.augment import AugmentConfig, Sample, TileSampler
+from slideseg.train.checkpoint import (
+    RunState,
+    check_outputs,
+    check_resumable,
+    companion_paths,
+    read_resume,
+    restore_optimizer,
+    save_checkpoint,
+    write_metrics,
+    write_resume,
+)
 from slideseg.train.data import (
     MASK_KINDS,
     Statistics,
@@ -48,41 +55,45 @@ from slideseg.train.data import (
 )
 from slideseg.train.loader import BackgroundLoader
 from slideseg.train.loss import balanced_class_weights, weighted_cross_entropy
-from slideseg.train.validation import validate, validation_tiles
+from slideseg.train.recipe import RECIPES, RecipeName, default_width, plan_budget, schedule_factor
+from slideseg.train.validation import HeldOut, Validator, hold_out, improves, record_best
 
 ARCH_FIELDS = ("depth", "width", "in_channels", "classes", "padding", "halo")
 """UNetConfig fields that fix the weights' shapes: a resumed run must keep them."""
-DEFAULT_EPOCHS = 10
-DEFAULT_OUTPUT = 256
-"""Without ``tile``, train on the smallest valid tile whose output covers this many px."""
 
 
 @dataclass(frozen=True)
-class TrainConfig:
-    """Options of one ``train`` run; saved in every checkpoint it writes."""
+class TrainConfig(Config):
+    """Options of one ``train`` run; saved in every checkpoint it writes.
+
+    The optimisation options left at None come from the ``recipe``
+    (:data:`slideseg.train.recipe.RECIPES`); :meth:`resolved` fills them in.
+    """
 
     epochs: int | None = None
-    """Passes over the training data; default 10 unless ``steps`` is given."""
+    """Epochs of ``tiles_per_epoch`` tiles (instead of the default budget)."""
     steps: int | None = None
     """Optimiser steps in all (overrides ``epochs``)."""
     tiles_per_epoch: int | None = None
-    """Tiles per epoch; default: as many as cover each training image once."""
+    """Tiles between validations (an epoch); default: the tiles that cover the training images once,
+    at least 256 and at most 2048."""
     tile: int | None = None
-    """Network input edge in px (valid for the model); default: output >= 256 px."""
-    batch_size: int = 1
-    """Tiles per step (the paper: 1 large tile)."""
-    optimizer: Literal["sgd", "adam"] = "sgd"
-    """'sgd' (with momentum, the paper's) or 'adam'."""
+    """Network input edge in px (valid for the model); default: the recipe's."""
+    batch_size: int | None = None
+    """Tiles per step; default: the recipe's (default 8, paper 1)."""
+    optimizer: Literal["sgd", "adam"] | None = None
+    """'sgd' (with momentum, the paper's) or 'adam'; default: the recipe's (default adam, paper sgd)."""
     lr: float | None = None
-    """Peak learning rate; default 0.001 (SGD with momentum 0.99 and Adam alike)."""
-    momentum: float = 0.99
-    """SGD momentum (the paper: 0.99, so many past tiles shape each update)."""
+    """Peak learning rate; default: the recipe's (default 0.003, paper 0.001)."""
+    momentum: float | None = None
+    """SGD momentum; default: the recipe's (paper 0.99, so many past tiles shape each update)."""
     weight_decay: float = 0.0
     """L2 weight decay."""
-    lr_schedule: Literal["cosine", "poly", "constant"] = "cosine"
-    """Learning-rate decay over the run after warm-up: cosine to 0, poly (power 0.9), or none."""
-    warmup_steps: int = 0
-    """Steps of linear warm-up from 0 to ``lr``."""
+    lr_schedule: Literal["cosine", "poly", "constant"] | None = None
+    """Learning-rate decay over the run after warm-up: cosine to 0, poly (power 0.9), or none;
+    default: the recipe's (cosine)."""
+    warmup_steps: int | None = None
+    """Steps of linear warm-up from 0 to ``lr``; default: the recipe's."""
     grad_clip: float | None = None
     """Clip the gradient's global norm to this (None: no clipping)."""
     loss: Literal["weighted", "ce"] = "weighted"
@@ -104,10 +115,16 @@ class TrainConfig:
     the model is already trained."""
     val_tiles: int = 64
     """Most validation tiles per evaluation (a seeded subset beyond that)."""
+    holdout: float = 0.1
+    """Without validation data: the fraction of the training data held out for validation
+    (:func:`slideseg.train.validation.hold_out`; 0: none)."""
+    patience: int | None = None
+    """Stop when this many validations in a row have not improved on the best (None: never)."""
     seed: int = 0
     """Seed of the initial weights, the tiles, the augmentation and dropout."""
     max_time: float | None = None
-    """Stop cleanly after this many minutes (checkpoints saved; continue with resume)."""
+    """Minutes. Alone: the run's budget (it trains until the time is up, the learning-rate schedule
+    spread over it). With ``steps`` or ``epochs``: a clean stop of this session (resume continues)."""
     device: str = "auto"
     """'auto' (CUDA if available), 'cpu' or 'cuda[:N]'."""
     amp: bool = True
@@ -116,27 +133,32 @@ class TrainConfig:
     """CPU threads of torch (None: torch's default)."""
     workers: int = 2
     """Background threads that read and augment tiles."""
+    recipe: RecipeName = "default"
+    """Where the optimisation options left unset come from: 'default' (measured to train best
+    within a fixed CPU budget) or 'paper' (SGD, momentum 0.99, one 572-px tile per step)."""
 
     def __post_init__(self) -> None:
-        for name in ("epochs", "steps", "tiles_per_epoch", "tile", "threads"):
+        for name in ("epochs", "steps", "tiles_per_epoch", "tile", "threads", "batch_size", "patience"):
             v = getattr(self, name)
             if v is not None and v < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {v}")
         checks = [
-            (self.batch_size >= 1, f"--batch-size must be >= 1, got {self.batch_size}"),
-            (self.optimizer in ("sgd", "adam"), f"--optimizer must be sgd or adam, got {self.optimizer!r}"),
+            (self.recipe in RECIPES, f"--recipe must be one of {', '.join(RECIPES)}, got {self.recipe!r}"),
+            (self.optimizer in (None, "sgd", "adam"), f"--optimizer must be sgd or adam, got {self.optimizer!r}"),
             (self.lr is None or self.lr > 0, f"--lr must be > 0, got {self.lr}"),
-            (0 <= self.momentum < 1, f"--momentum must be in [0, 1), got {self.momentum}"),
+            (self.momentum is None or 0 <= self.momentum < 1, f"--momentum must be in [0, 1), got {self.momentum}"),
             (self.weight_decay >= 0, f"--weight-decay must be >= 0, got {self.weight_decay}"),
-            (self.lr_schedule in ("cosine", "poly", "constant"),
+            (self.lr_schedule in (None, "cosine", "poly", "constant"),
              f"--lr-schedule must be cosine, poly or constant, got {self.lr_schedule!r}"),
-            (self.warmup_steps >= 0, f"--warmup-steps must be >= 0, got {self.warmup_steps}"),
+            (self.warmup_steps is None or self.warmup_steps >= 0,
+             f"--warmup-steps must be >= 0, got {self.warmup_steps}"),
             (self.grad_clip is None or self.grad_clip > 0, f"--grad-clip must be > 0, got {self.grad_clip}"),
             (self.loss in ("weighted", "ce"), f"--loss must be weighted or ce, got {self.loss!r}"),
             (self.w0 >= 0 and self.sigma > 0, f"need --w0 >= 0 and --sigma > 0, got {self.w0} and {self.sigma}"),
             (self.normalisation in ("auto", "data", "model"),
              f"--normalisation must be auto, data or model, got {self.normalisation!r}"),
             (self.val_tiles >= 1, f"--val-tiles must be >= 1, got {self.val_tiles}"),
+            (0 <= self.holdout < 0.5, f"--holdout must be in [0, 0.5), got {self.holdout}"),
             (self.max_time is None or self.max_time > 0, f"--max-time must be > 0 minutes, got {self.max_time}"),
             (self.workers >= 1, f"--workers must be >= 1, got {self.workers}"),
             (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
@@ -148,42 +170,50 @@ class TrainConfig:
         if isinstance(self.augment, Mapping):
             object.__setattr__(self, "augment", AugmentConfig.from_dict(self.augment))
 
+    def resolved(self) -> TrainConfig:
+        """This config with the options left to the recipe filled in from it (``tile`` excepted:
+        it depends on the model, see :func:`train_tile`).
+
+        >>> cfg = TrainConfig(recipe="paper", lr=0.01).resolved()
+        >>> cfg.optimizer, cfg.lr, cfg.momentum, cfg.batch_size
+        ('sgd', 0.01, 0.99, 1)
+        """
+        r = RECIPES[self.recipe]
+        return dataclasses.replace(self, **{name: getattr(r, name) for name in _RECIPE_FIELDS
+                                            if getattr(self, name) is None})
+
     @property
     def peak_lr(self) -> float:
-        return self.lr if self.lr is not None else 0.001
+        return self.lr if self.lr is not None else RECIPES[self.recipe].lr
 
-    def lr_at(self, step: int, total: int) -> float:
-        """Learning rate of step ``step`` (0-based) of ``total``: warm-up, then the schedule."""
-        if step < self.warmup_steps:
-            return self.peak_lr * (step + 1) / self.warmup_steps
-        span = max(1, total - self.warmup_steps)
-        t = min(1.0, (step - self.warmup_steps) / span)
-        if self.lr_schedule == "cosine":
-            return self.peak_lr * 0.5 * (1.0 + math.cos(math.pi * t))
-        if self.lr_schedule == "poly":
-            return self.peak_lr * (1.0 - t) ** 0.9
-        return self.peak_lr
+    def lr_at(self, step: int, progress: float) -> float:
+        """Learning rate of step ``step`` (0-based) at ``progress`` in [0, 1] of the run: linear
+        warm-up over the first steps, then the schedule (of a resolved config)."""
+        warmup = self.warmup_steps or 0
+        if step < warmup:
+            return self.peak_lr * (step + 1) / warmup
+        return self.peak_lr * schedule_factor(self.lr_schedule or "constant", progress)
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> TrainConfig:
-        known = {f.name for f in fields(cls)}
-        if unknown := sorted(set(d) - known):
-            raise ConfigError(f"Unknown TrainConfig fields {unknown}; known are {sorted(known)}.")
-        return cls(**d)
+_RECIPE_FIELDS = ("optimizer", "lr", "momentum", "batch_size", "lr_schedule", "warmup_steps")
+"""TrainConfig options that the recipe fills in when they are None."""
 
 
 @dataclass(frozen=True)
 class TrainEvent:
-    """Progress of a run, for a display: 'start' (``total`` steps), 'step', or 'epoch' (``row``)."""
+    """Progress of a run, for a display: 'start' (``row`` says the budget), 'step', or 'epoch'
+    (``row`` is the epoch's metrics row)."""
 
     kind: Literal["start", "step", "epoch"]
     step: int
-    total: int
+    total: int | None
+    """Steps of the run; None when it trains until a time limit (see ``elapsed`` and ``limit``)."""
     loss: float = math.nan
     row: Mapping[str, Any] = field(default_factory=dict)
+    elapsed: float = 0.0
+    """Seconds of the run so far (earlier sessions included)."""
+    limit: float | None = None
+    """The run's time budget in seconds when ``total`` is None."""
 
 
 @dataclass(frozen=True)
@@ -197,16 +227,18 @@ class TrainResult:
     epochs: int
     seconds: float
     stopped: str | None
-    """Why the run stopped before its end ('max_time', 'requested'), or None."""
+    """Why the run stopped before its end, to be continued with resume ('max_time', 'requested'),
+    or None."""
     history: tuple[dict[str, Any], ...]
-
-
-def companion_paths(output: Path) -> dict[str, Path]:
-    """The files a run writes beside ``output``: last model, resume state, metrics CSV."""
-    stem = output.name.removesuffix(".safetensors")
-    return {"last": output.with_name(f"{stem}.last.safetensors"),
-            "resume": output.with_name(f"{stem}.resume.safetensors"),
-            "metrics": output.with_name(f"{stem}.metrics.csv")}
+    ended: str = "budget"
+    """How it ended: 'budget' (its steps), 'time' (a time budget spent), 'patience' (no
+    improvement), or the reason it stopped."""
+    budget: str = ""
+    """Which rule chose the budget, in words."""
+    validation: str = ""
+    """Where the validation data came from, in words."""
+    best: dict[str, Any] | None = None
+    """The metrics row of the epoch saved as ``output`` (None without validation)."""
 
 
 def train(data: TrainingData, output: str | Path, cfg: TrainConfig = TrainConfig(), *,
@@ -218,14 +250,16 @@ def train(data: TrainingData, output: str | Path, cfg: TrainConfig = TrainConfig
     Parameters
     ----------
     data
-        From :func:`slideseg.train.data.load_training_data`.
+        From :func:`slideseg.train.data.load_training_data`. Without validation items, ``cfg.holdout``
+        of the training data is held out (:func:`slideseg.train.validation.hold_out`).
     output
         The model file to write (``.safetensors``); companions go beside it (:func:`companion_paths`).
     init
         A model file to start from (``new-model`` output or an earlier checkpoint).
     arch
         UNetConfig fields for a new model (as ``new-model``'s options); ``in_channels`` and
-        ``classes`` default to the data's. Not together with ``init``.
+        ``classes`` default to the data's, ``width`` to the device's (:func:`default_width`). Not
+        together with ``init``.
     resume
         Continue the run whose ``.last``/``.resume`` files sit beside ``output``.
     stop
@@ -238,117 +272,166 @@ def train(data: TrainingData, output: str | Path, cfg: TrainConfig = TrainConfig
     """
     import torch
 
-
     output = Path(output)
     paths = companion_paths(output)
-    _check_outputs(output, paths, resume, overwrite)
+    check_outputs(output, paths, resume, overwrite)
     if init is not None and arch:
         raise ConfigError("give either --init FILE or architecture options (--depth, --width, ...), not both.")
     t0 = time.monotonic()
-    stats = estimate_statistics(data.train, data.kind, cfg.seed)
-    state = _read_resume(paths) if resume else None
-    net, mcfg, init_meta = _prepare_model(data, stats, cfg, init, arch, state)
+    cfg = cfg.resolved()
+    split = HeldOut(data.train, data.val, f"{len(data.val)} validation image(s) given") if data.val else hold_out(
+        data.train, cfg.holdout, cfg.seed)
+    if cfg.patience is not None and not split.val:
+        raise ConfigError("--patience needs validation data: give --val-images/--val-masks or --val-fraction, or "
+                          "let --holdout set some aside (the images are too small for it, or --holdout is 0).")
+    stats = estimate_statistics(split.train, data.kind, cfg.seed)
+    state = read_resume(paths) if resume else None
     device = resolve_device(cfg.device)
+    net, mcfg, init_meta = _prepare_model(data, stats, cfg, init, arch, state, device.type)
     threads_before = torch.get_num_threads()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     try:
-        return _run(data, output, cfg, paths, stats, state, net, mcfg, init_meta, device, on_event, stop, t0)
+        return _run(data, split, output, cfg, paths, stats, state, net, mcfg, init_meta, device, on_event, stop, t0)
     finally:
         torch.set_num_threads(threads_before)
 
 
-def _run(data: TrainingData, output: Path, cfg: TrainConfig, paths: Mapping[str, Path], stats: Statistics,
-         state: Mapping[str, Any] | None, net: Any, mcfg: UNetConfig, init_meta: Any, device: Any,
-         on_event: Callable[[TrainEvent], None] | None, stop: Callable[[int], bool] | None, t0: float
+def _run(data: TrainingData, split: HeldOut, output: Path, cfg: TrainConfig, paths: Mapping[str, Path],
+         stats: Statistics, state: Mapping[str, Any] | None, net: Any, mcfg: UNetConfig, init_meta: Any,
+         device: Any, on_event: Callable[[TrainEvent], None] | None, stop: Callable[[int], bool] | None, t0: float
          ) -> TrainResult:
     """The training loop of :func:`train`, everything prepared."""
     geometry = _tile_geometry(mcfg, cfg)
     spec = _target_spec(data, mcfg, stats, cfg)
+    batch = cfg.batch_size or 1
+    budget = plan_budget([it.shape for it in split.train], geometry.output, batch, steps=cfg.steps,
+                         epochs=cfg.epochs, max_time=cfg.max_time, tiles_per_epoch=cfg.tiles_per_epoch)
     if state is None:  # everything checked: now an old run's files may go
         for p in (output, *paths.values()):
             p.unlink(missing_ok=True)
     net.to(device).train()
     white = float(np.iinfo(data.dtype).max) if data.dtype.kind in "iu" else 1.0
-    sampler = TileSampler(data.train, geometry, spec, cfg.augment, mcfg.norm_mean, mcfg.norm_std, mcfg.mirror,
+    sampler = TileSampler(split.train, geometry, spec, cfg.augment, mcfg.norm_mean, mcfg.norm_std, mcfg.mirror,
                           cfg.seed, cfg.balanced_sampling, white)
-    _cache_small_items([*data.train, *data.val], spec, cfg.workers)
-
-    tiles_per_epoch = cfg.tiles_per_epoch or sum(
-        math.ceil(it.shape[0] / geometry.output) * math.ceil(it.shape[1] / geometry.output) for it in data.train)
-    steps_per_epoch = max(1, math.ceil(tiles_per_epoch / cfg.batch_size))
-    total = cfg.steps or (cfg.epochs or DEFAULT_EPOCHS) * steps_per_epoch
+    _cache_small_items([*split.train, *split.val], spec, cfg.workers)
     optimizer = _optimizer(net, cfg)
     amp_dtype, scaler = _amp(device, cfg)
-    start, best, elapsed0 = 0, -math.inf, 0.0
-    history: list[dict[str, Any]] = []
+    run = RunState()
     if state is not None:
-        start, history, best, elapsed0 = _restore(state, optimizer, scaler, total)
-    deadline = None if cfg.max_time is None else t0 + cfg.max_time * 60.0
-    val_jobs = validation_tiles(data.val, geometry, cfg.val_tiles, cfg.seed)
+        restore_optimizer(state, optimizer, scaler)
+        run = RunState.restore(state)
+        check_resumable(run, budget)
+    session = t0 - run.seconds  # the run's clock: time.monotonic() - session = seconds of the run
+    time_budget = budget.steps is None
+    deadline = None if budget.seconds is None else (session if time_budget else t0) + budget.seconds
+    validator = Validator(split.val, geometry, cfg.val_tiles, cfg.seed, data.kind)
+    spe = budget.steps_per_epoch
 
     def forward(x: Any, out: int) -> Any:
         return _forward(net, x, out, amp_dtype)
 
-    meta_base = {"trained": True, "seed": cfg.seed, "train_config": cfg.to_dict(), "data": data.description,
-                 "tile": geometry.tile, "class_weights": spec.class_weights, "init": init_meta,
-                 "statistics": {"mean": stats.mean, "std": stats.std, "class_counts": stats.class_counts}}
-    if on_event:
-        on_event(TrainEvent("start", start, total))
+    def progress(now: float) -> float:
+        if time_budget:
+            assert budget.seconds is not None
+            return (now - session) / budget.seconds
+        assert budget.steps is not None
+        warm = cfg.warmup_steps or 0
+        return (run.step - warm) / max(1, budget.steps - warm)
 
-    step, stopped, epoch_losses, t_epoch, digest = start, None, [], time.monotonic(), ""
-    with BackgroundLoader(sampler, start * cfg.batch_size, total * cfg.batch_size, cfg.workers,
-                          prefetch=2 * cfg.batch_size + 2) as loader:
-        while step < total:
-            batch = [next(loader) for _ in range(cfg.batch_size)]
-            loss = _step(net, optimizer, scaler, amp_dtype, batch, cfg, step, total, device)
-            epoch_losses.append(loss)
-            step += 1
-            if on_event:
-                on_event(TrainEvent("step", step, total, loss))
-            end_of_epoch = step % steps_per_epoch == 0 or step == total
-            if end_of_epoch:
-                row = _epoch_row(step, steps_per_epoch, epoch_losses, time.monotonic() - t_epoch, cfg, total)
-                row.update(validate(net, sampler, val_jobs, spec.classes, forward, device, cfg.workers))
-                row["seconds"] = round(elapsed0 + time.monotonic() - t0, 2)
-                history.append(row)
-                score = -row.get("val_loss", math.inf)  # the weighted target, separation borders included
-                improved = bool(val_jobs) and score > best
-                best = max(best, score)
-                meta = {**meta_base, "epochs": row["epoch"], "steps": step, "loss": row["train_loss"],
-                        "val": {k: v for k, v in row.items() if k.startswith("val_")}, "seconds": row["seconds"]}
-                digest = _save(net, mcfg, meta, output, paths, improved or not val_jobs)
-                _write_metrics(paths["metrics"], history)
-                _write_resume(paths, optimizer, scaler, mcfg, step, history, best, row["seconds"], digest)
-                epoch_losses, t_epoch = [], time.monotonic()
-                if on_event:
-                    on_event(TrainEvent("epoch", step, total, row["train_loss"], row))
-            if step < total and stop is not None and stop(step):
-                stopped = "requested"
-            elif step < total and deadline is not None and time.monotonic() > deadline:
-                stopped = "max_time"
-            if stopped or step == total:
-                if end_of_epoch:  # saved just now; record why it ended
-                    meta, as_output = {**meta, "stopped": stopped}, not val_jobs
+    meta_base = {"trained": True, "seed": cfg.seed, "train_config": cfg.to_dict(), "data": data.description,
+                 "validation": split.description, "budget": budget.rule, "tile": geometry.tile,
+                 "class_weights": spec.class_weights, "init": init_meta,
+                 "statistics": {"mean": stats.mean, "std": stats.std, "class_counts": stats.class_counts}}
+
+    def event(kind: Literal["start", "step", "epoch"], loss: float = math.nan, row: Mapping[str, Any] = {}) -> None:
+        if on_event:
+            on_event(TrainEvent(kind, run.step, budget.steps, loss, row, time.monotonic() - session, budget.seconds))
+
+    event("start", row={"budget": budget.rule, "validation": split.description})
+    stopped: str | None = None
+    ended = "budget"
+    reserve, step_s, t_epoch = 0.0, 0.0, time.monotonic() - run.epoch_seconds
+    meta: dict[str, Any] = {}
+    digest = ""
+    with BackgroundLoader(sampler, run.step * batch, (budget.steps or _FOREVER) * batch, cfg.workers,
+                          prefetch=2 * batch + 2) as loader:
+        while budget.steps is None or run.step < budget.steps:
+            t_step = time.monotonic()
+            lr = cfg.lr_at(run.step, progress(t_step))
+            loss = _step(net, optimizer, scaler, amp_dtype, [next(loader) for _ in range(batch)], cfg, lr,
+                         run.step, device)
+            run.epoch_losses.append(loss)
+            run.step += 1
+            now = time.monotonic()
+            step_s = now - t_step
+            event("step", loss)
+            finished = run.step == budget.steps or (
+                time_budget and deadline is not None and now + step_s + reserve >= deadline)
+            if finished and time_budget:
+                ended = "time"
+            if run.step % spe == 0 or finished:
+                t_val = time.monotonic()
+                row = _epoch_row(run.step, spe, run.epoch_losses, t_val - t_epoch, batch, lr)
+                row.update(validator(net, sampler, spec.classes, forward, device, cfg.workers))
+                run.seconds = round(time.monotonic() - session, 2)
+                row["seconds"] = run.seconds
+                run.history.append(row)
+                improved = improves(row, run.best)
+                if improved:
+                    run.best, run.since_best = record_best(row, run.best), 0
                 else:
-                    meta = {**meta_base, "epochs": step / steps_per_epoch, "steps": step, "loss": float(
-                        np.mean(epoch_losses)), "seconds": round(elapsed0 + time.monotonic() - t0, 2)}
-                    meta, as_output = {**meta, "stopped": stopped}, not val_jobs or not output.exists()
-                digest = _save(net, mcfg, meta, output, paths, as_output)
-                _write_resume(paths, optimizer, scaler, mcfg, step, history, best, meta["seconds"], digest)
+                    run.since_best += 1
+                if cfg.patience is not None and run.since_best >= cfg.patience and not finished:
+                    finished, ended = True, "patience"
+                meta = {**meta_base, "epochs": row["epoch"], "steps": run.step, "loss": row["train_loss"],
+                        "val": {k: v for k, v in row.items() if k.startswith("val_")}, "seconds": row["seconds"],
+                        **({"ended": ended} if finished else {})}
+                run.epoch_losses, run.epoch_seconds = [], 0.0
+                digest = save_checkpoint(net, mcfg, meta, output, paths, improved or not validator)
+                write_metrics(paths["metrics"], run.history)
+                write_resume(paths, optimizer, scaler, mcfg, run.counters(), digest)
+                t_epoch = time.monotonic()
+                reserve = t_epoch - t_val
+                event("epoch", row["train_loss"], row)
+                if finished:
+                    break
+            if stop is not None and stop(run.step):
+                stopped = "requested"
+            elif not time_budget and deadline is not None and time.monotonic() > deadline:
+                stopped = "max_time"
+            if stopped:
+                run.seconds = round(time.monotonic() - session, 2)
+                run.epoch_seconds = time.monotonic() - t_epoch
+                meta = {**meta_base, "epochs": run.step / spe, "steps": run.step, "seconds": run.seconds,
+                        "loss": float(np.mean(run.epoch_losses)) if run.epoch_losses else meta.get("loss"),
+                        "stopped": stopped}
+                as_output = not validator or not output.exists()
+                digest = save_checkpoint(net, mcfg, meta, output, paths, as_output)
+                write_resume(paths, optimizer, scaler, mcfg, run.counters(), digest)
+                ended = stopped
                 break
-    return TrainResult(output, paths["last"], paths["metrics"], step, math.ceil(step / steps_per_epoch),
-                       elapsed0 + time.monotonic() - t0, stopped, tuple(history))
+    best_epoch = None if run.best is None else next(
+        (r for r in run.history if r["epoch"] == run.best.get("epoch")), None)
+    return TrainResult(output, paths["last"], paths["metrics"], run.step, math.ceil(run.step / spe),
+                       time.monotonic() - session, stopped, tuple(run.history), ended, budget.rule,
+                       split.description, best_epoch)
+
+
+_FOREVER = 2**62
+"""Tile indices of a run that trains until a time limit: never reached."""
 
 
 # ------------------------------------------------------------------------------------ model setup
 
 
 def _prepare_model(data: TrainingData, stats: Statistics, cfg: TrainConfig, init: str | Path | None,
-                   arch: Mapping[str, Any] | None, state: Mapping[str, Any] | None) -> tuple[Any, UNetConfig, Any]:
+                   arch: Mapping[str, Any] | None, state: Mapping[str, Any] | None, device_type: str
+                   ) -> tuple[Any, UNetConfig, Any]:
     """The network to train and its config: resumed, loaded from ``init``, or new from ``arch``."""
 
     classes_in_data = max(2, len(stats.class_counts))
+    net: Any  # a UNet module, with the config it was built from in ``net.config``
     if state is not None:
         loaded = load_model(state["last_path"])
         wanted = _wanted_arch(init, arch)
@@ -369,6 +452,7 @@ def _prepare_model(data: TrainingData, stats: Statistics, cfg: TrainConfig, init
     else:
         given = dict(arch or {})
         given.setdefault("in_channels", data.channels)
+        given.setdefault("width", default_width(device_type))
         given.setdefault("classes", classes_in_data)
         given.setdefault("mpp", data.mpp)  # None (any) when the images do not say or disagree
         mcfg = UNetConfig(**given)
@@ -397,10 +481,20 @@ def _wanted_arch(init: str | Path | None, arch: Mapping[str, Any] | None) -> dic
     return {k: v for k, v in (arch or {}).items() if k in ARCH_FIELDS}
 
 
+def train_tile(mcfg: UNetConfig, cfg: TrainConfig) -> int:
+    """The input tile edge a run trains on: ``cfg.tile``, else the smallest valid tile whose output
+    covers the recipe's output size.
+
+    >>> train_tile(UNetConfig(depth=4), TrainConfig()), train_tile(UNetConfig(depth=4), TrainConfig(recipe="paper"))
+    (316, 572)
+    """
+    g = mcfg.geometry
+    return g.check_tile(cfg.tile) if cfg.tile else g.smallest_tile_covering(RECIPES[cfg.recipe].output)
+
+
 def _tile_geometry(mcfg: UNetConfig, cfg: TrainConfig) -> TileGeometry:
     g = mcfg.geometry
-    tile = cfg.tile or g.smallest_tile_covering(DEFAULT_OUTPUT)
-    g.check_tile(tile)
+    tile = train_tile(mcfg, cfg)
     return TileGeometry(tile, g.usable_output(tile), g.alignment, cfg.augment.margin)
 
 
@@ -424,7 +518,8 @@ def _optimizer(net: Any, cfg: TrainConfig) -> Any:
 
     if cfg.optimizer == "adam":
         return torch.optim.Adam(net.parameters(), lr=cfg.peak_lr, weight_decay=cfg.weight_decay)
-    return torch.optim.SGD(net.parameters(), lr=cfg.peak_lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    momentum = cfg.momentum if cfg.momentum is not None else RECIPES[cfg.recipe].momentum
+    return torch.optim.SGD(net.parameters(), lr=cfg.peak_lr, momentum=momentum, weight_decay=cfg.weight_decay)
 
 
 def _amp(device: Any, cfg: TrainConfig) -> tuple[Any, Any]:
@@ -460,18 +555,18 @@ def _forward(net: Any, x: Any, out: int, amp_dtype: Any) -> Any:
 
 
 def _step(net: Any, optimizer: Any, scaler: Any, amp_dtype: Any, batch: list[Sample], cfg: TrainConfig,
-          step: int, total: int, device: Any) -> float:
+          lr: float, step: int, device: Any) -> float:
+    """One optimiser step at learning rate ``lr`` on ``batch``; returns the loss."""
     import torch
 
-
     for group in optimizer.param_groups:
-        group["lr"] = cfg.lr_at(step, total)
+        group["lr"] = lr
     torch.manual_seed(_step_seed(cfg.seed, step))  # dropout: the same on a resumed run
     x, y, w = _to_device(batch, device)
     loss = weighted_cross_entropy(_forward(net, x, y.shape[-1], amp_dtype), y, w)
     value = float(loss.detach())
     if not math.isfinite(value):
-        raise ConfigError(f"the loss became {value} at step {step + 1}; the learning rate {cfg.lr_at(step, total):.3g} "
+        raise ConfigError(f"the loss became {value} at step {step + 1}; the learning rate {lr:.3g} "
                           "is probably too high: lower --lr (or add --warmup-steps / --grad-clip).")
     optimizer.zero_grad(set_to_none=True)
     if scaler is not None:
@@ -493,100 +588,11 @@ def _step_seed(seed: int, step: int) -> int:
     return int(np.random.SeedSequence([seed, 3, step]).generate_state(1)[0])
 
 
-def _epoch_row(step: int, steps_per_epoch: int, losses: list[float], seconds: float, cfg: TrainConfig,
-               total: int) -> dict[str, Any]:
-    return {"epoch": math.ceil(step / steps_per_epoch), "step": step, "lr": cfg.lr_at(step - 1, total),
-            "train_loss": float(np.mean(losses)),
-            "tiles_per_s": round(len(losses) * cfg.batch_size / max(seconds, 1e-9), 3)}
+def _epoch_row(step: int, steps_per_epoch: int, losses: list[float], seconds: float, batch: int, lr: float
+               ) -> dict[str, Any]:
+    return {"epoch": math.ceil(step / steps_per_epoch), "step": step, "lr": lr,
+            "train_loss": float(np.mean(losses)) if losses else math.nan,
+            "tiles_per_s": round(len(losses) * batch / max(seconds, 1e-9), 3)}
 
 
-# ------------------------------------------------------------------------------- checkpoints
-
-
-def _check_outputs(output: Path, paths: Mapping[str, Path], resume: bool, overwrite: bool) -> None:
-    if output.suffix != ".safetensors":
-        raise ConfigError(f"the model file must end in .safetensors, got {output}")
-    if resume:
-        missing = [p for p in (paths["last"], paths["resume"]) if not p.is_file()]
-        if missing:
-            raise ModelFileError(f"--resume needs {' and '.join(map(str, missing))} from an earlier run with "
-                                 f"-o {output}; none found: start without --resume.")
-        return
-    existing = [p for p in (output, *paths.values()) if p.exists()]
-    if existing and not overwrite:
-        raise OutputExistsError(f"{', '.join(map(str, existing))} exist(s); pass --overwrite to replace, or "
-                                "--resume to continue that run.")
-
-
-def _save(net: Any, mcfg: UNetConfig, meta: Mapping[str, Any], output: Path, paths: Mapping[str, Path],
-          as_output: bool) -> str:
-    """Write the last model (and ``output`` if ``as_output``); return the weights' hash."""
-
-    meta = {**meta, "slideseg_version": __version__}
-    digest = save_model(paths["last"], net, mcfg, meta)
-    if as_output:
-        save_model(output, net, mcfg, meta)
-    return digest
-
-
-def _write_metrics(path: Path, history: list[dict[str, Any]]) -> None:
-    columns = list(dict.fromkeys(k for row in history for k in row))
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", newline="") as f:
-        writer = csv.DictWriter(f, columns)
-        writer.writeheader()
-        writer.writerows(history)
-    tmp.replace(path)
-
-
-def _write_resume(paths: Mapping[str, Path], optimizer: Any, scaler: Any, mcfg: UNetConfig, step: int,
-                  history: list[dict[str, Any]], best: float, seconds: float, weights_sha256: str) -> None:
-    """Optimiser tensors and run counters, next to the last model (safetensors: never unpickled)."""
-    from safetensors.torch import save_file
-
-    opt = optimizer.state_dict()
-    tensors = {f"state.{i}.{name}": t.detach().cpu().contiguous()
-               for i, s in opt["state"].items() for name, t in s.items()}
-    meta = {"step": step, "history": history, "best": best if math.isfinite(best) else None, "seconds": seconds,
-            "param_groups": opt["param_groups"], "model_config": mcfg.to_dict(),
-            "weights_sha256": weights_sha256,
-            "scaler": scaler.state_dict() if scaler is not None else None}
-    tmp = paths["resume"].with_name(paths["resume"].name + ".tmp")
-    save_file(tensors, str(tmp), metadata={"slideseg.resume": json.dumps(meta)})
-    tmp.replace(paths["resume"])
-
-
-def _read_resume(paths: Mapping[str, Path]) -> dict[str, Any]:
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(paths["resume"]), framework="pt") as f:
-            meta = json.loads((f.metadata() or {})["slideseg.resume"])
-            meta["tensors"] = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no __iter__)
-    except Exception as exc:
-        raise ModelFileError(f"{paths['resume']} is not a slideseg resume file ({exc}); "
-                             "start without --resume.") from exc
-    meta["last_path"] = paths["last"]
-    return meta
-
-
-def _restore(state: Mapping[str, Any], optimizer: Any, scaler: Any, total: int) -> tuple[int, list[Any], float, float]:
-    opt_state: dict[int, dict[str, Any]] = {}
-    for key, t in state["tensors"].items():
-        _, i, name = key.split(".", 2)
-        opt_state.setdefault(int(i), {})[name] = t
-    try:
-        optimizer.load_state_dict({"state": opt_state, "param_groups": state["param_groups"]})
-    except (ValueError, KeyError) as exc:
-        raise ModelFileError(f"the resume state does not fit this optimiser ({exc}); resume with the same "
-                             "--optimizer, or start anew.") from exc
-    if scaler is not None and state.get("scaler"):
-        scaler.load_state_dict(state["scaler"])
-    if state["step"] > total:
-        raise ConfigError(f"the run to resume has done {state['step']} steps, more than the {total} asked for; "
-                          "ask for more --steps or --epochs.")
-    best = state["best"] if state.get("best") is not None else -math.inf
-    return int(state["step"]), list(state["history"]), float(best), float(state["seconds"])
-
-
-__all__ = ["MASK_KINDS", "TrainConfig", "TrainEvent", "TrainResult", "companion_paths", "train"]
+__all__ = ["MASK_KINDS", "TrainConfig", "TrainEvent", "TrainResult", "companion_paths", "train", "train_tile"]

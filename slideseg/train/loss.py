@@ -31,13 +31,14 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 import numpy as np
 from numpy.typing import NDArray
 from scipy import ndimage
 
 from slideseg.errors import ConfigError
+from slideseg.io.images import MaskKind
 
 if TYPE_CHECKING:
     import torch
@@ -47,7 +48,6 @@ BORDER_TOLERANCE = 1e-6
 ``w0 * BORDER_TOLERANCE`` are not measured: the weight map is exact to this relative error."""
 
 F32 = NDArray[np.float32]
-MaskKind = Literal["instances", "classes"]
 
 
 def border_cutoff(sigma: float, tolerance: float = BORDER_TOLERANCE) -> float:

@@ -9,6 +9,7 @@ Layout of ``mask.zarr`` (the root group is the label image)::
         chunks_done      uint8 (grid Y, grid X), one Zarr chunk per element: 1 once a level-0 chunk
                          (and its probabilities) is on disk; how --resume knows what is left
         tissue           optional uint8 low-resolution tissue mask that decided which chunks ran
+        objects/         optional uint32 instance label image written by ``slideseg objects``
 
 Level 0 is written by :meth:`MaskWriter.write_chunk`, one call per chunk, from any thread or
 process (one writer per chunk is what Zarr v2 makes safe). Each Zarr chunk file is replaced
@@ -53,10 +54,13 @@ PROBABILITIES = "probabilities"
 PREDICTION = "prediction"
 DONE = "chunks_done"
 TISSUE = "tissue"
+OBJECTS = "objects"
+"""The instance image ``slideseg objects`` writes inside a mask (see :mod:`slideseg.write.instances`)."""
 _CODEC = {"cname": "zstd", "clevel": 5, "shuffle": Blosc.BITSHUFFLE}
+_WIDE_CODEC = {"cname": "zstd", "clevel": 3, "shuffle": Blosc.SHUFFLE}
 # Entries a mask directory may hold; anything else means it is not ours to delete.
 _OWN_ENTRIES = {".zgroup", ".zattrs", ".zmetadata", "zarr.json", PROBABILITIES, PREDICTION, DONE, TISSUE,
-                f"{TISSUE}.partial"}
+                f"{TISSUE}.partial", OBJECTS}
 _REQUIRED_ATTRS = ("multiscales", "image-label")
 
 
@@ -346,6 +350,8 @@ class MaskLevels:
     classes: tuple[LabelClass, ...]
     record: Mapping[str, Any]
     """How the mask was made (``.zattrs["slideseg"]``): configs, source slide, completeness."""
+    mpp: float | None = None
+    """Micrometres per pixel of level 0 (its NGFF scale, when the axes are in micrometres)."""
 
     @property
     def names(self) -> dict[int, str]:
@@ -379,7 +385,10 @@ def read_mask(path: str | os.PathLike[str], *, complete: bool = True) -> MaskLev
     if not all(isinstance(a, zarr.Array) and a.ndim == 2 for a in levels):
         raise OutputFormatError(f"{path} lists levels {paths} that are not all 2-D arrays; expected a slideseg "
                                 "mask: write it again with slideseg predict")
-    return MaskLevels(Path(path), version, tuple(levels), label_classes(ome), record)  # type: ignore[arg-type]
+    ms = ome["multiscales"][0]
+    scale = ms["datasets"][0]["coordinateTransformations"][0]["scale"][-1]
+    mpp = float(scale) if ms["axes"][-1].get("unit") == "micrometer" else None
+    return MaskLevels(Path(path), version, tuple(levels), label_classes(ome), record, mpp)  # type: ignore[arg-type]
 
 
 def describe_mask(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -429,20 +438,24 @@ def _root_attrs(
 
 
 def _create_level(group: zarr.Group, name: str, shape: tuple[int, ...], chunks: tuple[int, ...],
-                  version: NgffVersion = "0.4", unit: int | None = None, compress: bool = True) -> zarr.Array[Any]:
-    """A uint8 array, fill 0, replacing any old one. 0.4: Zarr v2, '/'-separated keys, Blosc zstd.
+                  version: NgffVersion = "0.4", unit: int | None = None, compress: bool = True,
+                  dtype: str = "uint8") -> zarr.Array[Any]:
+    """A ``dtype`` (uint8) array, fill 0, replacing any old one. 0.4: Zarr v2, '/'-separated keys, Blosc zstd.
     0.5: Zarr v3 with ``dimension_names`` and, when ``unit`` exceeds the chunk, shards of
     ``unit`` x ``unit`` (full extent along any leading axis)."""
     kw: dict[str, Any] = {}
+    wide = np.dtype(dtype).itemsize > 1  # ids: byte shuffle at a lower level compresses smaller and 3x faster
     if version == "0.4":
-        kw["compressors"] = Blosc(**_CODEC) if compress else None
+        kw["compressors"] = Blosc(**(_WIDE_CODEC if wide else _CODEC)) if compress else None
         kw["chunk_key_encoding"] = {"name": "v2", "separator": "/"}
     else:
-        kw["compressors"] = BloscCodec(cname="zstd", clevel=5, shuffle="bitshuffle") if compress else None
+        codec = {"cname": "zstd", "clevel": 3, "shuffle": "shuffle"} if wide else {"cname": "zstd", "clevel": 5,
+                                                                                   "shuffle": "bitshuffle"}
+        kw["compressors"] = BloscCodec(**codec) if compress else None  # type: ignore[arg-type]
         kw["dimension_names"] = ("c", "y", "x")[-len(shape):]
         if unit and unit > chunks[-1]:
             kw["shards"] = (*shape[:-2], unit, unit)
-    return group.create_array(name, shape=shape, chunks=chunks, dtype="uint8", fill_value=0, overwrite=True, **kw)
+    return group.create_array(name, shape=shape, chunks=chunks, dtype=dtype, fill_value=0, overwrite=True, **kw)
 
 
 def _halve_box(src: zarr.Array[Any], dst: zarr.Array[Any], box: tuple[int, int, int, int]) -> None:

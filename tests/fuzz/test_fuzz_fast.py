@@ -1,0 +1,61 @@
+"""The fast subset of the input fuzzer, run with the test suite: a few hundred seeded mutants of
+every input format through ``info``, ``predict``, ``train``, ``evaluate``, ``export-geojson`` and
+``preview``, each in a child process with a time and memory limit.
+
+The readers (``slideseg/io``, ``slideseg/plan/tiles.py``, ``slideseg/train/data.py``) must
+never let a case crash, hang or blow the memory limit. Failures located elsewhere are listed by
+the last test, which is expected to fail until the mask readers outside ``io`` are hardened too.
+``benchmarks/fuzz_inputs.py`` runs the same fuzzer for as long as wanted.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.fuzz.child import GIB, Limits
+from tests.fuzz.runner import CLEAN, FAILURES, RESULT, Summary, fuzz, owner
+from tests.fuzz.seeds import SEED_NAMES
+
+CASES = 200
+MASTER_SEED = 0
+
+
+@pytest.fixture(scope="module")
+def summary(tmp_path_factory: pytest.TempPathFactory) -> Summary:
+    folder: Path = tmp_path_factory.mktemp("fuzz")
+    result, _ = fuzz(folder, CASES, MASTER_SEED, workers=2, limits=Limits(20.0, 4 * GIB),
+                     predict_fraction=0.15, tissue_fraction=0.3, train_weight=0.4)
+    print("\n" + result.table())  # shown with -s, or in the report of a failing test
+    return result
+
+
+def test_every_format_and_command_is_exercised(summary: Summary) -> None:
+    assert summary.cases == CASES
+    assert set(summary.by_format) == set(SEED_NAMES)
+    assert {"info", "predict", "train", "evaluate", "export-geojson", "preview"} <= set(summary.by_command)
+    # mutants that still read and mutants that are refused: the fuzzer is neither too gentle nor too rough
+    assert summary.outcomes[RESULT] > 0.1 * summary.runs
+    assert summary.outcomes[CLEAN] > 0.1 * summary.runs
+
+
+def test_the_readers_never_crash_hang_or_blow_the_memory(summary: Summary) -> None:
+    ours = {key: len(hits) for key, hits in summary.buckets.items() if owner(key) == "reader"}
+    assert not ours, f"failures in the reading boundary: {ours}\n{summary.table()}"
+
+
+def test_hangs_and_memory_blow_ups_anywhere(summary: Summary) -> None:
+    grave = {key: len(hits) for key, hits in summary.buckets.items() if not key.startswith(("crash", "noisy"))}
+    assert not grave, f"hangs or memory blow-ups: {grave}\n{summary.table()}"
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "mask readers outside slideseg/io let zarr, numcodecs and json errors escape: slideseg/write/mask.py "
+    "(open_mask, read_mask, describe_mask, _describe_levels), slideseg/tools/geojson.py and preview.py (level "
+    "reads), slideseg/cli/info.py (_summary); wrap them in slideseg.io.guard.reading and parse the NGFF "
+    "metadata with slideseg.io.ngff.parse_multiscale, then drop this mark"))
+def test_no_case_fails_anywhere(summary: Summary) -> None:
+    failing = {key: len(hits) for key, hits in summary.buckets.items()}
+    assert summary.failures == 0, f"{failing}\n{summary.table()}"
+    assert all(outcome not in FAILURES for outcome, n in summary.outcomes.items() if n)
