@@ -217,9 +217,11 @@ def bare_loop(arch: dict[str, Any], tile: int, batch: int, steps: int, lr: float
 
 
 def slideseg_loop(train_dir: Path, work: Path, arch: dict[str, Any], steps: int, threads: int | None
-                  ) -> tuple[float, int, int]:
+                  ) -> dict[str, Any]:
     """Output px/s of ``slideseg train`` over its steps after the first 3 (time between step events,
-    validation excluded), and its tile and batch."""
+    validation excluded), the fraction of its time it waited for tiles, and its tile and batch."""
+    from slideseg.model.files import read_model_config
+
     data = load_training_data(images=train_dir, masks=train_dir)
     stamps: list[float] = []
     cfg = TrainConfig(steps=steps + 3, threads=threads, holdout=0.0)
@@ -232,28 +234,37 @@ def slideseg_loop(train_dir: Path, work: Path, arch: dict[str, Any], steps: int,
         result = train(data, work / "throughput.safetensors", cfg, arch=arch, overwrite=True, on_event=on_event)
     finally:
         data.close()
-    from slideseg.model.files import read_model_config
-
     mcfg, meta = read_model_config(result.last)
-    tile = int(meta["tile"])
-    batch = int(meta["train_config"]["batch_size"])
+    tile, batch = int(meta["tile"]), int(meta["train_config"]["batch_size"])
     out = mcfg.geometry.usable_output(tile)
-    return (len(stamps) - 3) * batch * out * out / (stamps[-1] - stamps[2]), tile, batch
+    return {"tile": tile, "batch": batch, "px_s": (len(stamps) - 3) * batch * out * out / (stamps[-1] - stamps[2]),
+            "data_wait": result.history[-1]["data_wait"]}
 
 
 def bench_throughput(args: argparse.Namespace) -> None:
+    from slideseg.model.config import UNetConfig
+    from slideseg.train.loop import train_tile
+
     train_dir, _ = write_data(args.out / "data")
     arch = {"depth": args.depth, "width": args.width}
+    tile, batch = train_tile(UNetConfig(in_channels=1, **arch), TrainConfig()), TrainConfig().resolved().batch_size
+    assert batch is not None
     rows = []
-    for repeat in range(args.repeat):
-        ours, tile, batch = slideseg_loop(train_dir, args.out, arch, args.steps, args.threads)
-        bare = bare_loop(arch, tile, batch, args.steps, 0.003, args.threads)
-        row = {"repeat": repeat, "tile": tile, "batch": batch, "slideseg_px_s": round(ours),
-               "bare_px_s": round(bare), "efficiency": round(ours / bare, 3)}
+    for repeat in range(args.repeat):  # alternate the order, so that a drifting load favours neither
+        if repeat % 2:
+            bare = bare_loop(arch, tile, batch, args.steps, 0.003, args.threads)
+        ours = slideseg_loop(train_dir, args.out, arch, args.steps, args.threads)
+        if not repeat % 2:
+            bare = bare_loop(arch, tile, batch, args.steps, 0.003, args.threads)
+        assert (ours["tile"], ours["batch"]) == (tile, batch)
+        row = {"repeat": repeat, "tile": tile, "batch": batch, "slideseg_px_s": round(ours["px_s"]),
+               "bare_px_s": round(bare), "efficiency": round(ours["px_s"] / bare, 3),
+               "slideseg_data_wait": ours["data_wait"]}
         print(json.dumps(row), flush=True)
         rows.append(row)
     print(json.dumps({"bench": "train throughput", "steps": args.steps, "depth": args.depth, "width": args.width,
                       "threads": args.threads, "efficiency": mean_sd([r["efficiency"] for r in rows]),
+                      "data_wait": mean_sd([r["slideseg_data_wait"] for r in rows]),
                       "machine": machine(), "date": time.strftime("%Y-%m-%d")}, indent=2, ensure_ascii=False))
 
 

@@ -31,3 +31,11 @@ class OutputFormatError(SlideSegError, ValueError):
 
 class TrainingDataError(SlideSegError, ValueError):
     """Training images or masks are missing, unmatched, of the wrong size or hold unexpected values."""
+
+
+class OutputLockedError(SlideSegError, FileExistsError):
+    """Another run is writing the same output (its lock file names it)."""
+
+
+class OutputWriteError(SlideSegError, OSError):
+    """An output cannot be written: its folder is a file, read-only or missing rights, or the disk is full."""

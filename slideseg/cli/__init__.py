@@ -7,7 +7,7 @@ Known errors (:class:`~slideseg.errors.SlideSegError`) become one line on stderr
 
 from __future__ import annotations
 
-from slideseg.cli import export, info, models, predict, synth, train, views  # noqa: F401  (registers the commands)
+from slideseg.cli import export, info, models, objects, predict, synth, train, views  # noqa: F401  (registers the commands)
 from slideseg.cli._app import app
 
 

@@ -4,15 +4,18 @@ output was made by the same computation from the same slide (:func:`resume_confl
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
-from collections.abc import Mapping, Sequence
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from slideseg.errors import ConfigError
+from slideseg.errors import ConfigError, OutputWriteError, SlideSegError
 from slideseg.io.formats import slide_stem
 from slideseg.predict.config import OUTPUT_FIELDS, PredictConfig
 from slideseg.schedule.chunks import RegionReader
@@ -109,11 +112,13 @@ def check_paths(slide: Path, output: Path, cfg: PredictConfig, inputs: Sequence[
 def slide_fingerprint(path: Path, reader: RegionReader) -> dict[str, Any]:
     """A cheap fingerprint of a slide's content, to tell a slide rewritten in place from the one an
     output was started from: the file's size and modification time (a Zarr directory's: its
-    metadata files'), a hash of its first 64 KiB (its metadata), and a hash of 9 small regions
+    metadata files', leaving out ``labels/``, where ``--into`` writes), a hash of its first 64 KiB
+    (its metadata), and a hash of 9 small regions
     read from ``reader`` (the level predict reads) at fixed places."""
     h = hashlib.sha256()
     if path.is_dir():
-        files = sorted(p for name in _ZARR_METADATA for p in path.glob(f"**/{name}") if p.is_file())[:256]
+        files = sorted(p for name in _ZARR_METADATA for p in path.glob(f"**/{name}")
+                       if p.is_file() and "labels" not in p.relative_to(path).parts)[:256]  # not our own labels
         size = sum(p.stat().st_size for p in files)
         mtime = max((p.stat().st_mtime_ns for p in files), default=path.stat().st_mtime_ns)
         for p in files:
@@ -133,3 +138,34 @@ def slide_fingerprint(path: Path, reader: RegionReader) -> dict[str, Any]:
 
 
 _ZARR_METADATA = (".zattrs", ".zarray", ".zgroup", "zarr.json")
+
+
+def check_writable(output: Path) -> None:
+    """Refuse an output that cannot be written, before anything is computed: the nearest existing
+    folder on its path must be a folder this process may write into."""
+    here = output.absolute()
+    while not here.exists() and here != here.parent:
+        here = here.parent
+    if here == output.absolute():  # the output itself exists: it is replaced or resumed in place
+        here = here.parent if not here.is_dir() else here
+    if not here.is_dir():
+        raise OutputWriteError(f"cannot write {output}: {here} is a file, not a folder; choose another -o path")
+    if not os.access(here, os.W_OK | os.X_OK):
+        raise OutputWriteError(f"cannot write {output}: {here} is not writable (read-only, or no permission); "
+                               "choose another -o path")
+
+
+@contextmanager
+def write_errors(output: Path) -> Iterator[None]:
+    """Turn an operating-system error while the output is written into one line that says what to do
+    (a full disk: free space and resume, nothing on disk is lost)."""
+    try:
+        yield
+    except SlideSegError:
+        raise
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            raise OutputWriteError(f"the disk is full while writing {output}; free space, then run the same command "
+                                   "with --resume: the chunks already written are kept") from exc
+        raise OutputWriteError(f"cannot write {output}: {exc.strerror or exc}; check the path, its free space and "
+                               "its permissions, then run again with --resume") from exc

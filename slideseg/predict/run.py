@@ -38,12 +38,20 @@ from slideseg.model.bioimageio import is_package, read_package
 from slideseg.model.files import read_model_config
 from slideseg.plan.geometry import Geometry
 from slideseg.plan.tiles import Plan, plan_slide
-from slideseg.predict.checks import check_paths, check_resumable, preview_path, slide_fingerprint
+from slideseg.predict.checks import (
+    check_paths,
+    check_resumable,
+    check_writable,
+    preview_path,
+    slide_fingerprint,
+    write_errors,
+)
 from slideseg.predict.config import CPU_BATCH_PIXELS, PredictConfig
 from slideseg.schedule.cluster import ClusterConfig, dask_client
 from slideseg.schedule.tasks import EngineKey, JobSpec, engine_for, feed, preload_plugin
 from slideseg.tools.preview import write_preview
 from slideseg.write.labels import check_alignment, label_path, parent_levels
+from slideseg.write.lock import lock_path, output_lock
 from slideseg.write.mask import create_mask, describe_mask, open_mask, open_mask_writer
 
 
@@ -173,6 +181,23 @@ def predict_one(client: Any, slide_path: Path, output: Path, key: EngineKey, cfg
         "source": {"path": str(slide_path.resolve()), **source.describe(),
                    "fingerprint": _fingerprint(slide_path, source, cfg)},
     }
+    check_writable(output)
+    with write_errors(output):
+        if cfg.into is not None:  # the image's labels/ group may not exist yet: the lock sits in the image
+            lock = Path(cfg.into) / f".{cfg.name}.label.lock"
+        else:
+            output.parent.mkdir(parents=True, exist_ok=True)
+            lock = lock_path(output)
+        with output_lock(output, lock):
+            return _write(client, slide_path, output, key, cfg, observer, info, source, plan, attrs, batch,
+                          resources, t0)
+
+
+def _write(client: Any, slide_path: Path, output: Path, key: EngineKey, cfg: PredictConfig, observer: Observer,
+           info: Mapping[str, Any], source: _Source, plan: Plan, attrs: dict[str, Any], batch: int,
+           resources: dict[str, float] | None, t0: float) -> PredictResult:
+    """Open the output (new, replaced or resumed) and run the chunks it lacks; holds the output's lock."""
+    mc = info["config"]
     rule = _norm_rule(info, cfg)
     writer, tissue, complete = _open_output(output, plan, mc, source, attrs, cfg, slide_path, rule)
     if complete:  # resumed, and the record matches: nothing is left to do
@@ -285,11 +310,11 @@ def _open_output(output: Path, plan: Plan, mc: Any, source: _Source, attrs: dict
         writer = open_mask_writer(output)
         group = open_mask(output)
         if "tissue" in group:
-            return writer, TissueMask.from_zarr(group["tissue"]), bool(existing["complete"])
+            return writer, TissueMask.from_zarr(group["tissue"]), _finished(existing)
         tissue = _tissue(cfg, plan, source, slide_path)  # killed before it was saved: no chunk is done yet
         if tissue is not None:
             writer.write_tissue(tissue.mask, tissue.attrs())
-        return writer, tissue, bool(existing["complete"])
+        return writer, tissue, _finished(existing)
     if output.exists() and not cfg.overwrite:
         raise OutputExistsError(f"{output} exists; pass --resume to finish it or --overwrite to replace it.")
     tissue = _tissue(cfg, plan, source, slide_path)
@@ -307,6 +332,11 @@ def _open_output(output: Path, plan: Plan, mc: Any, source: _Source, attrs: dict
     if tissue is not None:
         writer.write_tissue(tissue.mask, tissue.attrs())
     return writer, tissue, False
+
+
+def _finished(described: Mapping[str, Any]) -> bool:
+    """A mask marked complete whose every chunk is recorded as done."""
+    return bool(described["complete"]) and described["chunks_done"] == described["chunks_total"]
 
 
 def _tissue(cfg: PredictConfig, plan: Plan, source: _Source, slide_path: Path) -> Any:

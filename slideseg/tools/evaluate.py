@@ -9,8 +9,14 @@ fraction of touching ground-truth pairs (4-adjacent, different instances) that o
 object claims both of, where an object is claimed by the predicted object covering most of it,
 if that covers at least half of it.
 
-Masks are read in blocks (2048 px by default), components are stitched across block borders with
-union-find, so a 50k x 50k mask is never held whole.
+Instance scores, as nucleus benchmarks (PanNuke, CoNIC, MoNuSAC) report them: panoptic quality
+(PQ = SQ x RQ, Kirillov et al. 2019) over the same IoU > 0.5 matches, and the aggregated Jaccard
+index (AJI, Kumar et al. 2017). They are meant for instance truth; on a class truth they score its
+components.
+
+Masks are read in blocks (2048 px by default) and components get exact global ids block by block
+(:func:`slideseg.tools.components.label_blocks`); every score comes from tables of per-object
+areas and pairwise overlaps, so a 50k x 50k mask is never held whole.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ from scipy import ndimage
 
 from slideseg.errors import ConfigError, OutputFormatError, SlideReadError, TrainingDataError
 from slideseg.io.images import open_mask
-from slideseg.plan.tiles import grid_boxes
+from slideseg.tools.components import LabelSpec, label_blocks
 from slideseg.write.mask import describe_mask
 
 GtKind = Literal["auto", "classes", "instances"]
@@ -36,6 +42,9 @@ U64 = NDArray[np.uint64]
 
 
 _SHIFT = np.uint64(32)
+
+FOREGROUND = LabelSpec(tuple(range(1, 256)), 4, by_class=False)
+"""Objects of a class mask: the 4-connected components of its foreground (any class but 0)."""
 
 
 @dataclass(frozen=True)
@@ -54,6 +63,9 @@ class EvalResult:
     """gt, pred, matched (IoU > 0.5), precision, recall, f1."""
     merges: dict[str, float]
     """touching_pairs, merged_pairs, merge_rate (NaN without touching pairs)."""
+    instances: dict[str, float]
+    """pq (panoptic quality = sq x rq, matches at IoU > 0.5), sq (mean IoU of the matches), rq
+    (TP / (TP + FP/2 + FN/2), the object F1) and aji (aggregated Jaccard index); NaN without objects."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -69,69 +81,6 @@ class EvalResult:
             return v
 
         return json.dumps(clean(self.to_dict()), indent=2)
-
-
-class _UnionFind:
-    """Union-find over provisional component labels 1..n (0 = background), growing as needed."""
-
-    def __init__(self) -> None:
-        self.parent = np.zeros(1, np.int64)
-
-    def add(self, n: int) -> int:
-        """Reserve ``n`` new labels; return the offset to add to a block's labels 1..n."""
-        offset = len(self.parent) - 1
-        self.parent = np.concatenate([self.parent, np.arange(offset + 1, offset + 1 + n)])
-        return offset
-
-    def find(self, a: int) -> int:
-        p = self.parent
-        while p[a] != a:
-            p[a] = p[p[a]]
-            a = int(p[a])
-        return a
-
-    def union(self, a: NDArray[np.int64], b: NDArray[np.int64]) -> None:
-        for x, y in np.unique(np.stack([a, b], 1), axis=0):
-            rx, ry = self.find(int(x)), self.find(int(y))
-            if rx != ry:
-                self.parent[max(rx, ry)] = min(rx, ry)
-
-    def roots(self) -> NDArray[np.int64]:
-        """Root of every label (vectorised path halving until stable)."""
-        p = self.parent.copy()
-        while True:
-            q = p[p]
-            if np.array_equal(q, p):
-                return p
-            p = q
-
-
-class _Stitcher:
-    """Labels 4-connected components block by block (row-major) and joins them across borders."""
-
-    def __init__(self, width: int) -> None:
-        self.uf = _UnionFind()
-        self.above = np.zeros(width, np.int64)  # labels of the row above the current block row
-        self.left: NDArray[np.int64] | None = None
-
-    def label(self, fg: NDArray[np.bool_], y0: int, x0: int, x1: int, new_row: bool) -> NDArray[np.int64]:
-        lab, n = ndimage.label(fg)
-        lab = lab.astype(np.int64)
-        lab[lab > 0] += self.uf.add(n)
-        if new_row:
-            self.left = None
-        top = self.above[x0:x1]
-        if y0 > 0:
-            join = (top > 0) & (lab[0] > 0)
-            if join.any():
-                self.uf.union(top[join], lab[0][join])
-        if self.left is not None:
-            join = (self.left > 0) & (lab[:, 0] > 0)
-            if join.any():
-                self.uf.union(self.left[join], lab[:, 0][join])
-        self.left = lab[:, -1].copy()
-        self.above[x0:x1] = lab[-1]
-        return lab
 
 
 def _pairs(a: NDArray[np.int64], b: NDArray[np.int64]) -> tuple[U64, NDArray[np.int64]]:
@@ -215,8 +164,6 @@ def _evaluate(p: Any, classes_gt: Any, instances_gt: Any, pred: str | Path, gt: 
                           "the mask with the truth of the slide it was predicted from (level 0).")
 
     confusion = np.zeros((256, 256), np.int64)
-    pred_cc = _Stitcher(w)
-    gt_cc = _Stitcher(w) if instances_gt is None else None
     pair_k: list[U64] = []
     parea_k: list[U64] = []
     garea_k: list[U64] = []
@@ -226,20 +173,25 @@ def _evaluate(p: Any, classes_gt: Any, instances_gt: Any, pred: str | Path, gt: 
     garea_c: list[NDArray[np.int64]] = []
     gt_above = np.zeros(w, np.int64)
     gt_left: NDArray[np.int64] | None = None
-    for y0, y1, x0, x1 in grid_boxes((h, w), block):
+    pred_ids = label_blocks(lambda y0, y1, x0, x1: _narrow(_ids(p.read(y0, y1, x0, x1), pred)), (h, w), block,
+                            FOREGROUND)
+    gt_ids = (None if instances_gt is not None else
+              label_blocks(lambda y0, y1, x0, x1: _narrow(_ids(classes_gt.read(y0, y1, x0, x1), gt)), (h, w), block,
+                           FOREGROUND))
+    for (y0, y1, x0, x1), ids in pred_ids:
         pb = _ids(p.read(y0, y1, x0, x1), pred)  # (h', w')
         cb = _ids(classes_gt.read(y0, y1, x0, x1), gt)
         if instances_gt is not None:
             gb = cb if instances_gt is classes_gt else _ids(instances_gt.read(y0, y1, x0, x1), gt)
             cb = (gb > 0).astype(np.int64) if instances_gt is classes_gt else cb
         else:
-            assert gt_cc is not None
-            gb = gt_cc.label(cb > 0, y0, x0, x1, x0 == 0)
+            assert gt_ids is not None
+            gb = next(gt_ids)[1].astype(np.int64)
         if max(int(cb.max()), int(pb.max())) > 255:
             raise TrainingDataError(f"class ids above 255 in {pred} or {gt}; expected class masks (0..255): for "
                                     "instance labels as truth pass --gt-kind instances.")
         confusion += np.bincount(cb.ravel() * 256 + pb.ravel(), minlength=256 * 256).reshape(256, 256)
-        lab = pred_cc.label(pb > 0, y0, x0, x1, x0 == 0)
+        lab = ids.astype(np.int64)
         fg = lab > 0
         for keys, counts, a, b in ((pair_k, pair_c, gb[fg & (gb > 0)], lab[fg & (gb > 0)]),
                                    (parea_k, parea_c, np.zeros(int(fg.sum()), np.int64), lab[fg]),
@@ -252,11 +204,7 @@ def _evaluate(p: Any, classes_gt: Any, instances_gt: Any, pred: str | Path, gt: 
         touch.append(_touching(gb, gt_above[x0:x1] if y0 > 0 else None, gt_left))
         gt_left = gb[:, -1].copy()
         gt_above[x0:x1] = gb[-1]
-
-    pred_root = pred_cc.uf.roots()
-    gt_root = gt_cc.uf.roots() if gt_cc is not None else None
-    return _summarise(confusion, names,
-                      _objects(pair_k, pair_c, parea_k, parea_c, garea_k, garea_c, touch, pred_root, gt_root))
+    return _summarise(confusion, names, _objects(pair_k, pair_c, parea_k, parea_c, garea_k, garea_c, touch))
 
 
 def _open_truth(path: Path, kind: GtKind) -> tuple[Any, Any]:
@@ -286,26 +234,17 @@ def _ids(region: np.ndarray, path: Any) -> NDArray[np.int64]:
 
 
 
+def _narrow(ids: NDArray[np.int64]) -> np.ndarray:
+    """``ids`` as uint8 where they fit (labelling is much faster on it), else as they are."""
+    return ids.astype(np.uint8) if ids.size and int(ids.min()) >= 0 and int(ids.max()) <= 255 else ids
+
+
 def _objects(pair_k: list[U64], pair_c: list[Any], parea_k: list[U64], parea_c: list[Any], garea_k: list[U64],
-             garea_c: list[Any], touch: list[U64], pred_root: NDArray[np.int64],
-             gt_root: NDArray[np.int64] | None) -> dict[str, dict[str, float]]:
-    """Object matching and merges from the per-block tables, provisional labels resolved."""
+             garea_c: list[Any], touch: list[U64]) -> dict[str, dict[str, float]]:
+    """Object matching, merges and instance scores from the per-block tables (global ids)."""
     mask32 = np.uint64(0xFFFFFFFF)
-
-    def resolve(keys: list[U64], hi_root: NDArray[np.int64] | None) -> list[U64]:
-        out = []
-        for k in keys:
-            hi, lo = (k >> _SHIFT).astype(np.int64), (k & mask32).astype(np.int64)
-            lo = pred_root[lo]
-            if hi_root is not None:
-                hi = hi_root[hi]
-            out.append((hi.astype(np.uint64) << _SHIFT) | lo.astype(np.uint64))
-        return out
-
-    pairs, overlap = _reduce(resolve(pair_k, gt_root), pair_c)
-    pk, pc = _reduce(resolve(parea_k, None), parea_c)
-    if gt_root is not None:
-        garea_k = [(gt_root[(k & mask32).astype(np.int64)]).astype(np.uint64) for k in garea_k]
+    pairs, overlap = _reduce(pair_k, pair_c)
+    pk, pc = _reduce(parea_k, parea_c)
     gk, gc = _reduce(garea_k, garea_c)
     p_area = dict(zip((pk & mask32).tolist(), pc.tolist(), strict=True))
     g_area = dict(zip((gk & mask32).tolist(), gc.tolist(), strict=True))
@@ -318,12 +257,6 @@ def _objects(pair_k: list[U64], pair_c: list[Any], parea_k: list[U64], parea_c: 
         if 2 * o >= g_area[g] and o > claim.get(g, (0, 0))[0]:
             claim[g] = (o, p)
     touching = np.unique(np.concatenate(touch)) if touch else np.zeros(0, np.uint64)
-    if gt_root is not None and touching.size:
-        a = gt_root[(touching >> _SHIFT).astype(np.int64)]
-        b = gt_root[(touching & mask32).astype(np.int64)]
-        keep = a != b
-        lo, hi = np.minimum(a, b)[keep].astype(np.uint64), np.maximum(a, b)[keep].astype(np.uint64)
-        touching = np.unique((lo << _SHIFT) | hi)
     merged = 0
     for a, b in zip((touching >> _SHIFT).tolist(), (touching & mask32).tolist(), strict=True):
         ca, cb = claim.get(a), claim.get(b)
@@ -335,7 +268,44 @@ def _objects(pair_k: list[U64], pair_c: list[Any], parea_k: list[U64], parea_c: 
     return {"objects": {"gt": n_gt, "pred": n_pred, "matched": matched, "precision": precision, "recall": recall,
                         "f1": f1},
             "merges": {"touching_pairs": int(touching.size), "merged_pairs": merged,
-                       "merge_rate": merged / touching.size if touching.size else float("nan")}}
+                       "merge_rate": merged / touching.size if touching.size else float("nan")},
+            "instances": _instance_scores(g_of, p_of, overlap, gk & mask32, gc, pk & mask32, pc)}
+
+
+def _instance_scores(g_of: NDArray[np.int64], p_of: NDArray[np.int64], overlap: NDArray[np.int64], g_ids: U64,
+                     g_areas: NDArray[np.int64], p_ids: U64, p_areas: NDArray[np.int64]) -> dict[str, float]:
+    """Panoptic quality and the aggregated Jaccard index from the overlap table.
+
+    ``(g_of[i], p_of[i])`` overlap by ``overlap[i]`` px; ``g_ids``/``p_ids`` (ascending) have areas
+    ``g_areas``/``p_areas``. PQ = SQ x RQ with matches at IoU > 0.5 (unique: each object has at most
+    one), SQ the mean IoU of matches and RQ = TP / (TP + FP/2 + FN/2). AJI: each true object takes
+    the predicted object of highest IoU with it (ties: the lowest id; none if nothing overlaps),
+    adding their intersection to the numerator and their union to the denominator (a true object
+    with no overlap adds its area); predicted objects that no true object took add their areas.
+
+    >>> s = _instance_scores(np.array([1]), np.array([1]), np.array([3]), np.array([1, 2], np.uint64),
+    ...                      np.array([4, 2]), np.array([1], np.uint64), np.array([3]))
+    >>> s["rq"], s["sq"], s["aji"]  # one match of IoU 3/4, one missed object of 2 px: AJI 3 / (4 + 2)
+    (0.6666666666666666, 0.75, 0.5)
+    """
+    n_gt, n_pred = len(g_ids), len(p_ids)
+    if n_gt + n_pred == 0:
+        return {"pq": float("nan"), "sq": float("nan"), "rq": float("nan"), "aji": float("nan")}
+    ga = g_areas[np.searchsorted(g_ids, g_of.astype(np.uint64))]
+    pa = p_areas[np.searchsorted(p_ids, p_of.astype(np.uint64))]
+    union = ga + pa - overlap
+    iou = overlap / np.maximum(union, 1)
+    match = iou > 0.5
+    tp = int(match.sum())
+    sq = float(iou[match].sum() / tp) if tp else 0.0
+    rq = tp / (tp + 0.5 * (n_pred - tp) + 0.5 * (n_gt - tp))
+    order = np.lexsort((p_of, -iou, g_of))  # per true object: highest IoU first, then the lowest id
+    best = order[np.r_[True, g_of[order][1:] != g_of[order][:-1]]] if len(order) else order
+    taken = np.unique(p_of[best])
+    inter = int(overlap[best].sum())
+    total = int(union[best].sum()) + int(g_areas.sum()) - int(ga[best].sum())  # true objects left: their area
+    total += int(p_areas.sum()) - int(p_areas[np.isin(p_ids, taken.astype(np.uint64))].sum())
+    return {"pq": sq * rq, "sq": sq, "rq": rq, "aji": inter / total if total else float("nan")}
 
 
 def _summarise(confusion: NDArray[np.int64], names: dict[int, str], objects: dict[str, dict[str, float]]
@@ -357,7 +327,7 @@ def _summarise(confusion: NDArray[np.int64], names: dict[int, str], objects: dic
         iou=tuple(float(v) for v in iou), dice=tuple(float(v) for v in dice),
         confusion=tuple(tuple(int(v) for v in row) for row in cm),
         foreground_iou=float(fg_tp / fg_union) if fg_union else float("nan"),
-        objects=objects["objects"], merges=objects["merges"])
+        objects=objects["objects"], merges=objects["merges"], instances=objects["instances"])
 
 
 def _prediction_names(pred: Path) -> dict[int, str]:
@@ -375,7 +345,7 @@ def _prediction_names(pred: Path) -> dict[int, str]:
 
 
 def object_scores(pred: NDArray[np.integer], truth: NDArray[np.integer]) -> dict[str, dict[str, float]]:
-    """The ``objects`` and ``merges`` of :class:`EvalResult` for two label images in memory.
+    """The ``objects``, ``merges`` and ``instances`` of :class:`EvalResult` for two label images in memory.
 
     ``pred`` holds class ids (its objects are the 4-connected components of the foreground) and
     ``truth`` instance ids (0 = background), both (H, W); matching and merges as :func:`evaluate`.
@@ -385,11 +355,11 @@ def object_scores(pred: NDArray[np.integer], truth: NDArray[np.integer]) -> dict
     >>> s["objects"]["matched"], s["merges"]["merged_pairs"], s["merges"]["touching_pairs"]
     (0, 1, 1)
     """
-    lab, n = ndimage.label(np.asarray(pred) > 0)
+    lab, _ = ndimage.label(np.asarray(pred) > 0)
     lab = lab.astype(np.int64)
     g = np.asarray(truth).astype(np.int64)
     fg, g_fg = lab > 0, g > 0
     tables = [_pairs(g[fg & g_fg], lab[fg & g_fg]), _pairs(np.zeros(int(fg.sum()), np.int64), lab[fg]),
               _pairs(np.zeros(int(g_fg.sum()), np.int64), g[g_fg])]
     (pk, pc), (ak, ac), (gk, gc) = tables
-    return _objects([pk], [pc], [ak], [ac], [gk], [gc], [_touching(g, None, None)], np.arange(n + 1), None)
+    return _objects([pk], [pc], [ak], [ac], [gk], [gc], [_touching(g, None, None)])

@@ -27,7 +27,7 @@ import shutil
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
 from typing import Any, Protocol
@@ -36,6 +36,7 @@ import numpy as np
 import zarr
 
 from slideseg import __version__
+from slideseg.config import CHANGES_OUTPUT, Config, flagged, flags
 from slideseg.errors import ConfigError, OutputExistsError, OutputFormatError
 from slideseg.io.formats import slide_stem
 from slideseg.io.ngff import NgffVersion
@@ -73,28 +74,30 @@ from slideseg.write.mask import OBJECTS, PROBABILITIES, MaskLevels, read_mask
 __all__ = ["COLUMNS", "ObjectsConfig", "ObjectsResult", "objects"]
 
 _STAGING_MARK = "objects-run.json"
-# Config fields that change the result: a resumed run must have the same.
-_RESULT_FIELDS = ("min_area", "connectivity", "classes", "slide", "table", "chunk")
+
+
+_OUT = flags(CHANGES_OUTPUT)
 
 
 @dataclass(frozen=True)
-class ObjectsConfig:
-    """Options of one ``objects`` run; saved with the instance image and the table."""
+class ObjectsConfig(Config):
+    """Options of one ``objects`` run; saved with the instance image and the table. Fields flagged
+    :data:`~slideseg.config.CHANGES_OUTPUT` change the result, so a resumed run must keep them."""
 
-    min_area: float = 0.0
+    min_area: float = field(default=0.0, metadata=_OUT)
     """Drop objects smaller than this many µm² (area = pixels x mask pixel size²): their pixels
     become 0 in the instance image (not in the mask) and ids stay consecutive among the rest."""
-    connectivity: int = 4
+    connectivity: int = field(default=4, metadata=_OUT)
     """4: pixels joined by an edge are one object; 8: by an edge or a corner."""
-    classes: str | tuple[int | str, ...] | None = None
+    classes: str | tuple[int | str, ...] | None = field(default=None, metadata=_OUT)
     """Classes that become objects, by value or name (``"1,2"``); None: all but the background 0."""
-    slide: str | None = None
+    slide: str | None = field(default=None, metadata=_OUT)
     """The slide to measure channel intensities on; None: the slide recorded in the mask, if it is there."""
-    table: str | None = None
+    table: str | None = field(default=None, metadata=_OUT)
     """The Parquet table; None: ``MASK.objects.parquet`` beside the mask (``mask.zarr`` -> ``mask.objects.parquet``)."""
     csv: bool = False
     """Also write the table as CSV (same name, ``.csv``)."""
-    chunk: int | None = None
+    chunk: int | None = field(default=None, metadata=_OUT)
     """Write unit of the instance image in px (chunks, unsharded); None: the mask's chunks and shards."""
     resume: bool = False
     """Finish an interrupted run (same mask and options)."""
@@ -113,8 +116,9 @@ class ObjectsConfig:
         if isinstance(self.classes, list):
             object.__setattr__(self, "classes", tuple(self.classes))
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+
+RESULT_FIELDS: tuple[str, ...] = flagged(ObjectsConfig, CHANGES_OUTPUT)
+"""The options a resumed run must keep."""
 
 
 @dataclass(frozen=True)
@@ -287,7 +291,7 @@ def _plan(mask: MaskLevels, cfg: ObjectsConfig) -> tuple[_Job, _Plan]:
                    "table": str(table.resolve()), "chunk": unit}
     record: dict[str, Any] = {
         "version": __version__, "mask": path, "mask_record_sha256": record_hash(mask.record),
-        "objects_config": {k: classes_cfg[k] for k in _RESULT_FIELDS}, "mpp": mask.mpp,
+        "objects_config": {k: classes_cfg[k] for k in RESULT_FIELDS}, "mpp": mask.mpp,
         "level0_scale": {"sx": scale.sx, "sy": scale.sy, "how": scale.how}, "instances": str(Path(path) / OBJECTS),
     }
     channels = _channel_names(slide) if slide else []
@@ -400,7 +404,7 @@ def _check_resumable(target: Path, old: Mapping[str, Any], new: Mapping[str, Any
     if old.get("mask_record_sha256") != new["mask_record_sha256"]:
         why.append("the mask has changed since (it was predicted again)")
     old_cfg, new_cfg = old.get("objects_config", {}), json.loads(json.dumps(new["objects_config"]))
-    why += [f"{k} was {old_cfg.get(k)!r}, now {new_cfg.get(k)!r}" for k in _RESULT_FIELDS
+    why += [f"{k} was {old_cfg.get(k)!r}, now {new_cfg.get(k)!r}" for k in RESULT_FIELDS
             if old_cfg.get(k) != new_cfg.get(k)]
     if why:
         raise ConfigError(f"cannot resume {target}: {'; '.join(why)}. Resume with the original settings, or pass "

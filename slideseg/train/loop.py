@@ -351,7 +351,7 @@ def _run(data: TrainingData, split: HeldOut, output: Path, cfg: TrainConfig, pat
     event("start", row={"budget": budget.rule, "validation": split.description})
     stopped: str | None = None
     ended = "budget"
-    reserve, step_s, t_epoch = 0.0, 0.0, time.monotonic() - run.epoch_seconds
+    reserve, step_s, waited, t_epoch = 0.0, 0.0, 0.0, time.monotonic() - run.epoch_seconds
     meta: dict[str, Any] = {}
     digest = ""
     with BackgroundLoader(sampler, run.step * batch, (budget.steps or _FOREVER) * batch, cfg.workers,
@@ -359,8 +359,9 @@ def _run(data: TrainingData, split: HeldOut, output: Path, cfg: TrainConfig, pat
         while budget.steps is None or run.step < budget.steps:
             t_step = time.monotonic()
             lr = cfg.lr_at(run.step, progress(t_step))
-            loss = _step(net, optimizer, scaler, amp_dtype, [next(loader) for _ in range(batch)], cfg, lr,
-                         run.step, device)
+            tiles = [next(loader) for _ in range(batch)]
+            waited += time.monotonic() - t_step
+            loss = _step(net, optimizer, scaler, amp_dtype, tiles, cfg, lr, run.step, device)
             run.epoch_losses.append(loss)
             run.step += 1
             now = time.monotonic()
@@ -373,6 +374,7 @@ def _run(data: TrainingData, split: HeldOut, output: Path, cfg: TrainConfig, pat
             if run.step % spe == 0 or finished:
                 t_val = time.monotonic()
                 row = _epoch_row(run.step, spe, run.epoch_losses, t_val - t_epoch, batch, lr)
+                row["data_wait"] = round(waited / max(t_val - t_epoch, 1e-9), 4)
                 row.update(validator(net, sampler, spec.classes, forward, device, cfg.workers))
                 run.seconds = round(time.monotonic() - session, 2)
                 row["seconds"] = run.seconds
@@ -391,7 +393,7 @@ def _run(data: TrainingData, split: HeldOut, output: Path, cfg: TrainConfig, pat
                 digest = save_checkpoint(net, mcfg, meta, output, paths, improved or not validator)
                 write_metrics(paths["metrics"], run.history)
                 write_resume(paths, optimizer, scaler, mcfg, run.counters(), digest)
-                t_epoch = time.monotonic()
+                t_epoch, waited = time.monotonic(), 0.0
                 reserve = t_epoch - t_val
                 event("epoch", row["train_loss"], row)
                 if finished:

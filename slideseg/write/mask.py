@@ -264,8 +264,14 @@ def create_mask(
     _clear_output(p, overwrite)
     if into is not None:
         prepare_labels_group(p.parent.parent, version)
+    # Built under a temporary name and renamed into place once every array exists: a run killed
+    # while creating leaves no half-made mask at ``path``, only a ``.NAME.creating`` folder that the
+    # next creation removes.
+    staging = p.with_name(f".{p.name}.creating")
+    if staging.exists():
+        shutil.rmtree(staging)
     root = _root_attrs(sorted_classes, mpp, 1, record, False, version, into)
-    group = zarr.open_group(p, mode="w-", zarr_format=2 if version == "0.4" else 3, attributes=root)
+    group = zarr.open_group(staging, mode="w-", zarr_format=2 if version == "0.4" else 3, attributes=root)
     _create_level(group, PREDICTION if into else "0", shape, (chunk, chunk), version, unit)
     grid = (math.ceil(shape[0] / unit), math.ceil(shape[1] / unit))
     _create_level(group, DONE, grid, (1, 1), version, compress=False)
@@ -273,6 +279,8 @@ def create_mask(
         probs_ms = multiscales_attrs(PROBABILITIES, 1, mpp, channel=True, version=version)
         sub = group.create_group(PROBABILITIES, attributes=wrap(version, {"multiscales": probs_ms}, {}))
         _create_level(sub, "0", (len(sorted_classes), *shape), (1, chunk, chunk), version, unit)
+    os.replace(staging, p)
+    group = zarr.open_group(p, mode="r+")
     return MaskWriter(p, group, shape, unit, sorted_classes, mpp, record, version, into)
 
 
@@ -295,7 +303,11 @@ def open_mask_writer(path: str | os.PathLike[str]) -> MaskWriter:
     record = {k: v for k, v in attrs["slideseg"].items() if k != "complete"}
     classes = label_classes(ome)
     into = ParentLevels.from_dict(record["into"]) if "into" in record else None
-    level0 = _array(group, PREDICTION if into else "0")
+    first = PREDICTION if into else "0"
+    if first not in group:
+        raise OutputFormatError(f"{path} was only half created (its '{first}' array is missing: a run stopped while "
+                                "creating it); run again with --overwrite to start it afresh")
+    level0 = _array(group, first)
     if DONE not in group:
         raise OutputFormatError(f"{path} has no '{DONE}' record, so what is done cannot be known; "
                                 "it was written by an older slideseg: run again with --overwrite")
