@@ -23,7 +23,7 @@ from slideseg.errors import ConfigError, OutputFormatError, SlideReadError, Trai
 from slideseg.io import checks as io_checks
 from slideseg.io import resample, tissue
 from slideseg.io.formats import unit_to_um
-from slideseg.io.guard import one_line
+from slideseg.io.guard import one_line, reading
 from slideseg.io.images import open_image, open_mask
 from slideseg.io.ngff import label_classes, ngff_multiscales, parse_multiscale
 from slideseg.io.slide import open_slide
@@ -94,11 +94,11 @@ def test_width_corrupted_upwards_is_refused_not_read_as_black(tmp_path: Path) ->
     _opens_cleanly(path, r"needs 6000 tile \(or strip\) offsets, but the file lists 6 offsets")
 
 
-@pytest.mark.parametrize("target", ["self", "first"])
-def test_ifd_loop_is_refused(tmp_path: Path, target: str) -> None:
+@pytest.mark.parametrize(("target", "bigtiff"), [("self", False), ("first", False), ("first", True)])
+def test_ifd_loop_is_refused(tmp_path: Path, target: str, bigtiff: bool) -> None:
     # was: tifffile read NDPI pages forever when a next-IFD offset pointed back (a hang); classic
     # files logged a warning
-    src = _tiled_tiff(tmp_path / "a.tif")
+    src = _tiled_tiff(tmp_path / "a.tif", bigtiff=bigtiff)
     with tifffile.TiffWriter(src, append=True) as tw:
         tw.write(RGB[::2, ::2], photometric="rgb", metadata=None)
 
@@ -113,6 +113,13 @@ def test_ndpi_ifd_loop_is_refused(tmp_path: Path) -> None:
 
     seed = _ndpi(tmp_path)
     _opens_cleanly(_edit(seed.path, lambda t: t.set_next(t.ifds[2], t.ifds[2].pos)), r"\(a loop\)")
+
+
+def test_tile_byte_count_beyond_the_file_is_refused(tmp_path: Path) -> None:
+    # was: reading the tile allocated its 4 GiB byte count first (a MemoryError in predict; fuzzer case:
+    # an SVS tile byte count set to 2**32 - 1)
+    path = _edit(_tiled_tiff(tmp_path / "a.tif"), lambda t: t.set_value(t.ifds[0].entry(325), 3, 2**32 - 1))
+    _opens_cleanly(path, r"a tile \(or strip\) of the image claims \d+ bytes, more than the \d+-byte file")
 
 
 def test_unknown_compression_is_refused(tmp_path: Path) -> None:
@@ -331,7 +338,7 @@ def test_malformed_image_label(label: dict[str, Any], match: str) -> None:
 
 def test_ngff_parsers_accept_what_they_should() -> None:
     ms = parse_multiscale({"axes": ["y", "x"], "datasets": [{"path": "0"}]}, "a")
-    assert (ms.axes, ms.scales, ms.um_per_unit(1)) == ("YX", ((1.0, 1.0),), None)
+    assert (ms.axes, ms.scales, ms.units) == ("YX", ((1.0, 1.0),), (None, None))
     assert ngff_multiscales({}) == (None, None)
 
 
@@ -475,3 +482,30 @@ def test_grey_mask_saved_as_rgba_png_is_one_channel(tmp_path: Path) -> None:
     path = tmp_path / "m.png"
     path.write_bytes(imagecodecs.png_encode(np.stack([labels, labels, labels, np.full_like(labels, 255)], 2)))
     np.testing.assert_array_equal(open_mask(path, "classes").read(0, 64, 0, 96), labels)
+
+
+def _raise(exc: BaseException) -> None:
+    raise exc  # outside slideseg: stands for a third-party reader
+
+
+@pytest.mark.parametrize("exc", [MemoryError(), OSError(12, "Cannot allocate memory"),
+                                 RuntimeError("can't start new thread")])
+def test_running_out_of_resources_is_not_blamed_on_the_file(exc: BaseException) -> None:
+    # seen with the fuzzer's memory limit: "could not open a.tif (RuntimeError: can't start new thread);
+    # the file is corrupt" -- the machine was out of memory, the file was fine
+    with pytest.raises(type(exc)), reading("a.tif"):
+        _raise(exc)
+    with pytest.raises(SlideReadError, match=r"could not read a\.tif \(ValueError: bad\)"), reading("a.tif"):
+        _raise(ValueError("bad"))
+
+
+@pytest.mark.parametrize("attrs", [{}, {"scale_yx": [0, 1], "method": "x"}, {"scale_yx": "ab", "method": "x"},
+                                   {"scale_yx": [1, 1], "method": "x", "threshold": "t"}])
+def test_saved_tissue_mask_with_broken_attributes(tmp_path: Path, attrs: dict[str, Any]) -> None:
+    # was: KeyError / ValueError reading back the tissue mask of an output on --resume
+    array = zarr.create_array(tmp_path / "tissue", data=np.ones((4, 5), np.uint8), zarr_format=2)
+    array.attrs.put(attrs)
+    with pytest.raises(OutputFormatError, match=r"expected a 2-D mask with 'scale_yx'"):
+        tissue.TissueMask.from_zarr(array)
+    array.attrs.put({"scale_yx": [2.0, 3.0], "method": "otsu", "threshold": 0.1})
+    assert tissue.TissueMask.from_zarr(array).scale == (2.0, 3.0)

@@ -146,6 +146,7 @@ CHANGES: dict[str, tuple[Change, bool]] = {
     "tissue": ({"tissue": True}, True),
     "tissue_mask": ({"tissue_mask": "tissue.png"}, True),  # refused before the mask is read
     "preview": ({"preview": True}, False),
+    "objects": ({"objects": True}, False),  # objects follow the mask; the mask itself is the same
     "into": ({"into": "image.zarr"}, True),  # the same mask, now reached as the label of an image
     "name": ({"name": "cells"}, True),
     "overwrite": ({"overwrite": True, "resume": False}, False),  # starts again instead of resuming

@@ -12,6 +12,7 @@ import tifffile
 from scipy import ndimage
 
 from slideseg.tools.evaluate import evaluate
+from tests.conftest import run_cli
 
 
 def direct_pq(truth: np.ndarray, pred: np.ndarray) -> tuple[float, float, float]:
@@ -98,3 +99,15 @@ def test_perfect_and_empty_predictions(tmp_path: Path) -> None:
     assert empty.instances == {"pq": 0.0, "sq": 0.0, "rq": 0.0, "aji": 0.0}
     nothing = evaluate(tmp_path / "e.tif", tmp_path / "e.tif", block=16)
     assert all(math.isnan(v) for v in nothing.instances.values()) and '"aji": null' in nothing.to_json()
+
+
+def test_the_command_prints_the_instance_scores(tmp_path: Path) -> None:
+    truth = np.zeros((30, 30), np.uint16)
+    truth[2:10, 2:10], truth[15:25, 15:25] = 1, 2
+    pred = (truth > 0).astype(np.uint8)
+    pred[15:25, 15:17] = 0  # object 2 loses 20 of its 100 px: IoU 0.8
+    tifffile.imwrite(tmp_path / "t.tif", truth)
+    tifffile.imwrite(tmp_path / "p.tif", pred)
+    r = run_cli("evaluate", tmp_path / "p.tif", tmp_path / "t.tif", "--gt-kind", "instances")
+    assert r.exit_code == 0, r.output
+    assert "instances: PQ 0.9000 (SQ 0.9000 x RQ 1.0000), AJI 0.8780" in " ".join(r.stdout.split())  # 144 / 164

@@ -64,20 +64,20 @@ def test_steps_stop_the_run_there(tmp_path: Path) -> None:
 
 
 def test_default_budget_gives_thousands_of_tiles_on_tiny_data(tmp_path: Path) -> None:
-    tiny = plan_budget([(96, 128)], output=132, batch_size=8)
-    assert tiny.steps is not None and tiny.steps * 8 >= MIN_TILES >= 2000
-    assert tiny.steps_per_epoch * 8 >= MIN_EPOCH_TILES  # an epoch is not the 1 tile that covers the image
+    tiny = plan_budget([(96, 128)], output=260, batch_size=2)
+    assert tiny.steps is not None and tiny.steps * 2 >= MIN_TILES >= 2000
+    assert tiny.steps_per_epoch * 2 >= MIN_EPOCH_TILES >= 200  # an epoch is not the 1 tile that covers the image
     assert tiny.rule.startswith(f"default: {MIN_TILES} tiles")
-    medium = plan_budget([(2048, 2048)] * 4, output=132, batch_size=8)  # 4 x 256 tiles cover it: 50 passes
-    assert medium.steps is not None and medium.steps * 8 == 50 * 4 * 256
+    medium = plan_budget([(2048, 2048)] * 4, output=260, batch_size=2)  # 4 x 64 tiles cover it: 50 passes
+    assert medium.steps is not None and medium.steps * 2 == 50 * 4 * 64
     huge = plan_budget([(50_000, 50_000)], output=388, batch_size=1)
     assert huge.steps == MAX_TILES and huge.steps_per_epoch == 2048
-    assert plan_budget([(96, 128)], 132, 8, max_time=2.0).steps is None
-    assert plan_budget([(96, 128)], 132, 8, epochs=3, tiles_per_epoch=40).steps == 15
+    assert plan_budget([(96, 128)], 260, 2, max_time=2.0).steps is None
+    assert plan_budget([(96, 128)], 260, 8, epochs=3, tiles_per_epoch=40).steps == 15
     # the loop uses the rule: a run without a budget says so (stopped after its first step)
     result = train(nuclei(), tmp_path / "m.safetensors", dataclasses.replace(QUICK, tiles_per_epoch=None),
                    arch=TINY, stop=lambda step: True)
-    assert result.budget.startswith("default: 3000 tiles") and result.stopped == "requested"
+    assert result.budget.startswith(f"default: {MIN_TILES} tiles") and result.stopped == "requested"
 
 
 def test_holdout_happens_and_validation_reaches_metrics(tmp_path: Path) -> None:

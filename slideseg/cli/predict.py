@@ -85,6 +85,10 @@ def predict(
     probabilities: Annotated[bool | None, typer.Option(
         "--probabilities/--no-probabilities", help="Also write per-class probabilities (uint8).",
         rich_help_panel=_OUTPUT)] = None,
+    objects: Annotated[bool | None, typer.Option(
+        "--objects", help="Then run `slideseg objects` on the mask (default options): instance ids in "
+                          "mask.zarr/objects and the object table mask.objects.parquet.",
+        rich_help_panel=_OUTPUT)] = None,
     overwrite: Annotated[bool | None, typer.Option(
         "--overwrite", help="Replace an existing output (never done otherwise).", rich_help_panel=_OUTPUT)] = None,
     resume: Annotated[bool | None, typer.Option(
@@ -134,7 +138,7 @@ def predict(
     cfg = PredictConfig(**_given(
         tile=tile, batch_size=batch_size, chunk=chunk, ngff=ngff, shard=shard, level=level, mpp=mpp,
         channels=channels, series=series, device=device, engine=engine, precision=precision,
-        compile=compile, probabilities=probabilities, preview=preview, tissue=tissue,
+        compile=compile, probabilities=probabilities, preview=preview, objects=objects, tissue=tissue,
         tissue_mask=_text(tissue_mask), overwrite=overwrite, resume=resume, into=_text(into), name=name,
         threads=threads, norm=norm, norm_level=norm_level))
     cc = ClusterConfig(**_given(

@@ -50,20 +50,20 @@ def train(
     steps: Annotated[int | None, Opt(help="Optimiser steps in all (instead of --epochs). "
                                      "(default: the budget rule)")] = None,
     tiles_per_epoch: Annotated[int | None, Opt(help="Tiles between validations. (default: the tiles that cover "
-                                               "the training images once, 256 to 2048)")] = None,
+                                               "the training images once, 200 to 2048)")] = None,
     max_time: Annotated[float | None, Opt(help="Minutes. Alone: train until the time is up (the schedule spans "
                                        "it). With --steps/--epochs: stop cleanly then (--resume continues). "
                                        "(default: no limit; without any budget: 50 passes over the data, at "
-                                       "least 3000 and at most 100000 tiles)")] = None,
+                                       "least 2000 and at most 100000 tiles)")] = None,
     patience: Annotated[int | None, Opt(help="Stop after this many validations without improvement. "
                                         "(default: never)")] = None,
-    recipe: Annotated[str | None, Opt(help="Defaults of the optimisation options: default (Adam 0.003, 8 tiles "
-                                      "with 128-px output per step, measured best on a CPU) | paper (SGD 0.001, "
-                                      "momentum 0.99, one 572-px tile per step). (default: default)")] = None,
+    recipe: Annotated[str | None, Opt(help="Defaults of the optimisation options: default (Adam 0.003, 2 tiles "
+                                      "with >= 256 px of output per step, measured best on a CPU) | paper (SGD "
+                                      "0.001, momentum 0.99, one 572-px tile per step). (default: default)")] = None,
     seed: Annotated[int | None, Opt(help="Seed of weights, tiles, augmentation, dropout. (default: 0)")] = None,
     tile: Annotated[int | None, Opt(help="Input tile edge, px (valid for the model). (default: the recipe's: "
-                                    "output >= 128 px, paper >= 388)")] = None,
-    batch_size: Annotated[int | None, Opt(help="Tiles per step. (default: the recipe's: 8, paper 1)")] = None,
+                                    "output >= 256 px, 444 at depth 4; paper >= 388, 572)")] = None,
+    batch_size: Annotated[int | None, Opt(help="Tiles per step. (default: the recipe's: 2, paper 1)")] = None,
     optimizer: Annotated[str | None, Opt(help="sgd | adam. (default: the recipe's: adam, paper sgd)")] = None,
     lr: Annotated[float | None, Opt(help="Peak learning rate. (default: the recipe's: 0.003, paper 0.001)")] = None,
     momentum: Annotated[float | None, Opt(help="SGD momentum. (default: the recipe's: paper 0.99)")] = None,
@@ -162,7 +162,8 @@ def evaluate(
     block: Annotated[int | None, Opt(help="Block edge read at once, px. (default: 2048)")] = None,
     as_json: Annotated[bool, Opt("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
-    """Per-class IoU and Dice, object precision/recall/F1 at IoU 0.5, and the merge rate of touching objects."""
+    """Per-class IoU and Dice, object precision/recall/F1 at IoU 0.5, the merge rate of touching objects,
+    and panoptic quality (PQ) and the aggregated Jaccard index (AJI) of the instances."""
     from slideseg.errors import ConfigError
     from slideseg.tools.evaluate import evaluate as run_evaluate
 
@@ -184,6 +185,8 @@ def evaluate(
               f"{_fmt(o['precision'])}, recall {_fmt(o['recall'])}, F1 {_fmt(o['f1'])}")
     out.print(f"touching true objects merged: {m['merged_pairs']} of {m['touching_pairs']} pairs "
               f"(merge rate {_fmt(m['merge_rate'])})")
+    i = result.instances
+    out.print(f"instances: PQ {_fmt(i['pq'])} (SQ {_fmt(i['sq'])} x RQ {_fmt(i['rq'])}), AJI {_fmt(i['aji'])}")
 
 
 def _fmt(v: float) -> str:

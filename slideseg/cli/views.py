@@ -23,13 +23,17 @@ def export_geojson(
     classes: Annotated[str | None, typer.Option(
         help="Classes to export, by value or name, e.g. 1,2. (default: all but the background)")] = None,
     object_type: Annotated[str | None, typer.Option(
-        help="QuPath object type: annotation | detection (lighter for many objects). (default: annotation)")] = None,
+        help="QuPath object type: annotation | detection (lighter for many objects). (default: annotation; "
+             "detection with --objects)")] = None,
     by_class: Annotated[bool | None, typer.Option(
         "--by-class", help="One MultiPolygon per class instead of one Polygon per region.")] = None,
     slide: Annotated[Path | None, typer.Option(
         help="The slide the mask was made from, if it moved (only read when the mask is not at slide "
              "level 0, to scale coordinates).")] = None,
     overwrite: Annotated[bool | None, typer.Option("--overwrite", help="Replace an existing output.")] = None,
+    objects: Annotated[bool | None, typer.Option(
+        "--objects", help="One detection per object of `slideseg objects` (run it first), with a stable UUID and "
+                          "its table row as measurements, instead of one feature per region.")] = None,
 ) -> None:
     """Write the mask's regions as GeoJSON polygons (holes kept) in slide level-0 pixels, for QuPath.
 
@@ -39,7 +43,8 @@ def export_geojson(
     from slideseg.tools.geojson import export_geojson as run
 
     result = run(mask, output, **_given(level=level, min_area=min_area, classes=classes, object_type=object_type,
-                                         by_class=by_class, slide_path=slide, overwrite=overwrite))
+                                         by_class=by_class, slide_path=slide, overwrite=overwrite,
+                                         objects=objects))
     per_class = ", ".join(f"{n} {name}" for name, n in result.polygons.items())
     dropped = f", {result.dropped} under --min-area dropped" if result.dropped else ""
     out.print(f"wrote {result.output}: {result.features} features ({per_class}{dropped}) from level "

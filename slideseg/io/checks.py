@@ -32,8 +32,8 @@ from slideseg.io.ngff import Multiscale
 from slideseg.plan.tiles import MAX_SIDE
 
 __all__ = ["MAX_CHANNELS", "MAX_DECODE_BYTES", "MAX_IFDS", "MAX_SIDE", "check_block", "check_ifd_chain",
-           "check_image_shape", "check_level_order", "check_ngff_scales", "check_tiff_level", "check_zarr_level",
-           "check_zarr_stored"]
+           "check_image_shape", "check_level_order", "check_ngff_scales", "check_png_size", "check_tiff_level",
+           "check_zarr_level", "check_zarr_stored"]
 
 MAX_CHANNELS = 1024
 """Most channels an image may have."""
@@ -84,10 +84,27 @@ def check_block(shape: Sequence[int], itemsize: int, path: Path, what: str) -> N
         )
 
 
-def check_tiff_level(level: Any, path: Path) -> None:
+PNG_PIXELS_PER_BYTE = 8 * 1100
+"""Deflate expands at most ~1032x and a pixel takes at least 1 bit: a PNG declaring more pixels
+than this per byte of file (plus 1 Mpx of slack) cannot hold them."""
+
+
+def check_png_size(yx: tuple[int, int], path: Path) -> None:
+    """Refuse a PNG header that declares more pixels than the file's bytes can encode (before
+    the decoder allocates them)."""
+    size = path.stat().st_size
+    if yx[0] * yx[1] > PNG_PIXELS_PER_BYTE * size + 2**20:
+        raise SlideReadError(
+            f"{path} declares {_yx(yx)} px in a {size}-byte PNG, more than its compressed data can hold; the "
+            f"header is corrupt: export the image again"
+        )
+
+
+def check_tiff_level(level: Any, path: Path, file_size: int) -> None:
     """Check that the pages of one TIFF level (a tifffile ``TiffPageSeries``) can be decoded and
     that their tile (or strip) tables match what they declare: one offset and byte count per
-    tile, a compression and a sample format slideseg can decode, tiles small enough to decode.
+    tile, no tile longer than the file (reading one allocates its byte count first), a
+    compression and a sample format slideseg can decode, tiles small enough to decode.
 
     (Tiles past the end of a truncated file are found when they are read.)
 
@@ -117,6 +134,12 @@ def check_tiff_level(level: Any, path: Path) -> None:
                 f"{path}: a {key.imagelength} x {key.imagewidth} px image in blocks of "
                 f"{' x '.join(map(str, key.chunks[:2]))} needs {expected} tile (or strip) offsets, but the file "
                 f"lists {len(offsets)} offsets and {len(counts)} byte counts: its size or tile metadata is corrupt"
+            )
+        longest = max(counts, default=0)
+        if longest > min(file_size, MAX_DECODE_BYTES):
+            raise SlideReadError(
+                f"{path}: a tile (or strip) of the image claims {longest} bytes, more than the {file_size}-byte "
+                f"file holds; its byte counts are corrupt: copy or export it again"
             )
 
 

@@ -6,8 +6,8 @@ authors chose (``TypeError`` for a shape of the wrong type, ``ValueError`` for b
 ``KeyError`` for an unknown codec, ``struct.error`` for a short IFD...). Every place where
 slideseg reads a file wraps the reading in :func:`reading`, so the user sees one line, not a
 traceback. Only exceptions raised *inside* third-party code are translated: an exception raised
-by slideseg's own code is a bug and keeps its traceback, and ``MemoryError`` is not a statement
-about the file (the sizes it allocates are checked before reading).
+by slideseg's own code is a bug and keeps its traceback, and running out of memory or threads is
+not a statement about the file (the sizes it allocates are checked before reading).
 
 >>> import json
 >>> with reading("a.zarr/.zattrs", "parse {path}"):  # doctest: +ELLIPSIS
@@ -18,6 +18,7 @@ slideseg.errors.SlideReadError: could not parse a.zarr/.zattrs (JSONDecodeError:
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 from collections.abc import Iterator
@@ -43,6 +44,13 @@ def one_line(text: object, limit: int = _MESSAGE_CHARS) -> str:
     return flat if len(flat) <= limit else flat[: limit - 3] + "..."
 
 
+def _out_of_resources(exc: BaseException) -> bool:
+    """Whether ``exc`` says the machine ran out of memory or threads (not a statement about the file)."""
+    if isinstance(exc, OSError) and exc.errno == errno.ENOMEM:
+        return True
+    return isinstance(exc, RuntimeError) and "can't start new thread" in str(exc)
+
+
 def _raised_by_third_party(exc: BaseException) -> bool:
     """Whether the innermost Python frame of ``exc`` is outside slideseg."""
     tb = exc.__traceback__
@@ -65,15 +73,15 @@ def reading(path: str | os.PathLike[str], what: str = "read {path}", *, corrupt:
     ``what`` completes "could not ...", with ``{path}`` standing for the path: ``"open {path}"``,
     ``"read region y 0:512, x 0:512 of {path} level 0"``; or,
     for a file decoded in one go, ``corrupt`` names the format: "PATH is a corrupt PNG (...)".
-    slideseg's own errors, ``MemoryError``, ``KeyboardInterrupt`` and exceptions raised by
-    slideseg's own code pass through unchanged.
+    slideseg's own errors, ``MemoryError`` (and ``ENOMEM``, or no thread to start),
+    ``KeyboardInterrupt`` and exceptions raised by slideseg's own code pass through unchanged.
     """
     try:
         yield
     except (SlideSegError, MemoryError):
         raise
     except Exception as e:
-        if not _raised_by_third_party(e):
+        if not _raised_by_third_party(e) or _out_of_resources(e):
             raise
         why = f"{type(e).__name__}: {one_line(e)}"
         if corrupt is not None:

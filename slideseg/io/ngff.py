@@ -181,11 +181,6 @@ class Multiscale:
     scales: tuple[tuple[float, ...], ...]
     """Each dataset's scale per axis, the multiscale's own scale applied; all finite and > 0."""
 
-    def um_per_unit(self, axis: int) -> float | None:
-        """Micrometres per unit of ``axis``: None without a unit; raises for a non-space unit."""
-        unit = self.units[axis]
-        return None if unit is None else SPACE_UNITS_UM[unit]
-
 
 def _bad(source: str, what: str, found: Any) -> SlideReadError:
     text = repr(found)
@@ -282,8 +277,8 @@ def parse_multiscale(ms: Mapping[str, Any], source: str) -> Multiscale:
 
     >>> m = parse_multiscale({"axes": ["y", {"name": "x", "unit": "micrometer"}], "datasets": [
     ...     {"path": "0", "coordinateTransformations": [{"type": "scale", "scale": [0.5, 0.5]}]}]}, "a.zarr")
-    >>> m.axes, m.paths, m.scales, m.um_per_unit(1)
-    ('YX', ('0',), ((0.5, 0.5),), 1.0)
+    >>> m.axes, m.paths, m.scales, m.units
+    ('YX', ('0',), ((0.5, 0.5),), (None, 'micrometer'))
     """
     try:
         letters, meta = ngff_axes(ms)

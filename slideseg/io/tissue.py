@@ -17,7 +17,8 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from slideseg.errors import ConfigError
+from slideseg.errors import ConfigError, OutputFormatError
+from slideseg.io.guard import reading
 from slideseg.io.slide import open_slide
 from slideseg.plan.tiles import Box
 
@@ -57,15 +58,36 @@ class TissueMask:
 
     @classmethod
     def from_zarr(cls, array: Any) -> TissueMask:
-        """Read back a mask saved with :meth:`attrs` as the array's attributes."""
+        """Read back a mask saved with :meth:`attrs` as the array's attributes.
+
+        Raises
+        ------
+        OutputFormatError
+            The array is not a small 2-D mask, or its attributes are not what :meth:`attrs` writes.
+        """
         a = dict(array.attrs)
-        sy, sx = a["scale_yx"]
-        return cls(np.asarray(array[:]).astype(bool), (float(sy), float(sx)), str(a["method"]),
-                   None if a.get("threshold") is None else float(a["threshold"]))
+        scale: Any = a.get("scale_yx")
+        threshold: Any = a.get("threshold")
+        ok = (isinstance(scale, list) and len(scale) == 2 and all(_finite_positive(v) for v in scale)
+              and (threshold is None or isinstance(threshold, int | float)) and len(array.shape) == 2
+              and 0 < math.prod(array.shape) <= 64e6)
+        if not ok:
+            raise OutputFormatError(
+                f"the saved tissue mask {getattr(array, 'path', '')!r} has shape {tuple(array.shape)} and attributes "
+                f"{str(a)[:120]}; expected a 2-D mask with 'scale_yx' (two numbers > 0): run again with --overwrite"
+            )
+        with reading(getattr(array, "path", "tissue"), "read the saved tissue mask {path}"):
+            mask = np.asarray(array[:]).astype(bool)
+        return cls(mask, (float(scale[0]), float(scale[1])), str(a.get("method", "")),
+                   None if threshold is None else float(threshold))
 
     def attrs(self) -> dict[str, Any]:
         return {"scale_yx": list(self.scale), "method": self.method, "threshold": self.threshold,
                 "fraction": round(self.fraction, 6)}
+
+
+def _finite_positive(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and value > 0
 
 
 def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:

@@ -95,6 +95,9 @@ class PredictConfig(Config):
     is detected or given). None: the finest level of at most 4 megapixels."""
     preview: bool = False
     """Also write a PNG thumbnail with the mask overlaid, beside the output (``mask.png``)."""
+    objects: bool = False
+    """Then run ``slideseg objects`` on the mask with its default options: the instance image
+    ``MASK/objects`` and the object table ``MASK.objects.parquet`` (the mask itself is unchanged)."""
     into: str | None = field(default=None, metadata=_OUT)
     """Write the mask as a label of this existing OME-Zarr image (``INTO/labels/NAME``)."""
     name: str = field(default="segmentation", metadata=_OUT)

@@ -49,7 +49,10 @@ from slideseg.predict.checks import (
 from slideseg.predict.config import CPU_BATCH_PIXELS, PredictConfig
 from slideseg.schedule.cluster import ClusterConfig, dask_client
 from slideseg.schedule.tasks import EngineKey, JobSpec, engine_for, feed, preload_plugin
+from slideseg.tools.objects import ObjectsConfig
+from slideseg.tools.objects import objects as find_objects
 from slideseg.tools.preview import write_preview
+from slideseg.write.instances import instances_record
 from slideseg.write.labels import check_alignment, label_path, parent_levels
 from slideseg.write.lock import lock_path, output_lock
 from slideseg.write.mask import create_mask, describe_mask, open_mask, open_mask_writer
@@ -202,6 +205,7 @@ def _write(client: Any, slide_path: Path, output: Path, key: EngineKey, cfg: Pre
     writer, tissue, complete = _open_output(output, plan, mc, source, attrs, cfg, slide_path, rule)
     if complete:  # resumed, and the record matches: nothing is left to do
         notes = [_write_preview(output, slide_path, cfg)] if cfg.preview else []
+        notes += [_write_objects(client, output, cfg)] if cfg.objects else []
         return PredictResult(output, source.shape, source.mpp, plan.describe(), info["describe"],
                              time.perf_counter() - t0, chunks_already_done=plan.grid[0] * plan.grid[1],
                              warnings=tuple(notes), already_complete=True)
@@ -230,6 +234,8 @@ def _write(client: Any, slide_path: Path, output: Path, key: EngineKey, cfg: Pre
                      f"{'tissue only' if n['statistics']['tissue_only'] else 'all pixels'}): {n['applied']}.")
     if cfg.preview:
         notes.append(_write_preview(output, slide_path, cfg))
+    if cfg.objects:
+        notes.append(_write_objects(client, output, cfg))
     return PredictResult(output, source.shape, source.mpp, plan.describe(), info["describe"],
                          time.perf_counter() - t0, chunks_run=len(run), chunks_skipped=len(skip),
                          chunks_already_done=int(done.sum()),
@@ -377,6 +383,18 @@ def _write_preview(output: Path, slide_path: Path, cfg: PredictConfig) -> str:
         return f"preview not written: {png} exists (pass --overwrite to replace it)."
     write_preview(output, png, slide_path=slide_path, overwrite=True)
     return f"preview: {png}"
+
+
+def _write_objects(client: Any, output: Path, cfg: PredictConfig) -> str:
+    """``slideseg objects`` on the finished mask (default options) on the run's own Dask cluster;
+    objects already made from this mask are kept, an interrupted objects run is finished."""
+    record = instances_record(output)
+    if record is not None and record.get("complete") and not cfg.overwrite:
+        return f"objects: {record.get('objects', 0)} already in {output / 'objects'}, table {record.get('table')}"
+    resume = record is not None and not record.get("complete") and not cfg.overwrite
+    result = find_objects(output, ObjectsConfig(overwrite=cfg.overwrite, resume=resume),
+                          ClusterConfig(scheduler_address=client.scheduler.address))
+    return f"objects: {result.objects} in {result.instances}, table {result.table}"
 
 
 def _engine_info(key: EngineKey) -> dict[str, Any]:

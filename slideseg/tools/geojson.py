@@ -3,6 +3,10 @@
 Polygons come from :mod:`slideseg.tools.trace` (pixel edges, so they rasterise back to the mask exactly;
 streamed in stripes, so memory stays flat), are scaled to slide level-0 pixels and written as a
 ``FeatureCollection`` as QuPath imports it (``objectType``, ``classification`` name and colour).
+
+With ``objects=True`` the features are the objects ``slideseg objects`` numbered instead: one
+detection per object, traced from the instance image ``MASK/objects``, with a stable UUID ``id``
+and the object's row of the object table as its ``measurements``.
 """
 
 from __future__ import annotations
@@ -12,20 +16,23 @@ import math
 import os
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
 
-from slideseg.errors import ConfigError, OutputExistsError
+from slideseg.errors import ConfigError, OutputExistsError, OutputFormatError
 from slideseg.io.slide import open_slide
 from slideseg.tools.trace import Polygon, iter_polygons, trace_polygons
+from slideseg.write.instances import instances_record
 from slideseg.write.labels import ParentLevels
-from slideseg.write.mask import MaskLevels, read_mask
+from slideseg.write.mask import OBJECTS, MaskLevels, read_mask
 
 __all__ = [
+    "OBJECT_BAND_ROWS",
     "OBJECT_TYPES",
     "STRIPE_PIXELS",
     "GeoJSONResult",
@@ -33,6 +40,7 @@ __all__ = [
     "Polygon",
     "export_geojson",
     "level0_scale",
+    "objects_namespace",
     "parse_classes",
     "trace_polygons",
 ]
@@ -71,8 +79,9 @@ class GeoJSONResult:
 
 def export_geojson(mask_path: str | os.PathLike[str], output: str | os.PathLike[str], *, level: int = 0,
                    min_area: float = 0.0, classes: str | Sequence[int | str] | None = None,
-                   object_type: str = "annotation", by_class: bool = False,
-                   slide_path: str | os.PathLike[str] | None = None, overwrite: bool = False) -> GeoJSONResult:
+                   object_type: str | None = None, by_class: bool = False,
+                   slide_path: str | os.PathLike[str] | None = None, overwrite: bool = False,
+                   objects: bool = False) -> GeoJSONResult:
     """Write the regions of a mask as a GeoJSON FeatureCollection in slide level-0 pixels (QuPath).
 
     Parameters
@@ -89,7 +98,8 @@ def export_geojson(mask_path: str | os.PathLike[str], output: str | os.PathLike[
     classes
         Values or names (``"1,2"``, ``[1, "stroma"]``); default: all but the background 0.
     object_type
-        QuPath object type: ``"annotation"`` or ``"detection"`` (lighter for many objects).
+        QuPath object type: ``"annotation"`` or ``"detection"`` (lighter for many objects);
+        default: annotation for regions, detection for objects.
     by_class
         One MultiPolygon feature per class instead of one Polygon feature per region.
     slide_path
@@ -97,6 +107,12 @@ def export_geojson(mask_path: str | os.PathLike[str], output: str | os.PathLike[
         slide level 0 (see :func:`level0_scale`).
     overwrite
         Replace an existing ``output``.
+    objects
+        Export the objects of ``MASK/objects`` (written by ``slideseg objects``) instead of the
+        regions: one feature per object (a MultiPolygon where an 8-connected object has parts that
+        touch only at corners), its UUID ``id`` the same on every export of the same objects, its
+        table row under ``measurements``. Traces level 0; ``slide_path`` is not needed (the
+        objects record their scale).
 
     Raises
     ------
@@ -106,8 +122,11 @@ def export_geojson(mask_path: str | os.PathLike[str], output: str | os.PathLike[
     t0 = time.perf_counter()
 
     out = Path(output)
-    _check_args(out, overwrite, min_area, object_type)
+    kind = object_type or ("detection" if objects else "annotation")
+    _check_args(out, overwrite, min_area, kind)
     mask = read_mask(mask_path)
+    if objects:
+        return _export_objects(mask, out, level, min_area, classes, kind, by_class, t0)
     arrays = mask.levels
     if not 0 <= level < len(arrays):
         shapes = "; ".join(f"{i}: {a.shape[0]}x{a.shape[1]}" for i, a in enumerate(arrays))
@@ -124,13 +143,13 @@ def export_geojson(mask_path: str | os.PathLike[str], output: str | os.PathLike[
     rows = _stripe_rows(shape[1], int(array.chunks[0]))
     polygons = iter_polygons(lambda y0, y1: np.asarray(array[y0:y1]), shape, values, rows)
     meta = {"mask": str(Path(mask_path).resolve()), "level": level, "scale_to_level0": [sx, sy],
-            "scale_how": scale.how, "min_area": min_area, "object_type": object_type}
+            "scale_how": scale.how, "min_area": min_area, "object_type": kind}
     counts = dict.fromkeys((names[v] for v in values), 0)
     dropped = 0
     tmp = out.with_name(f".{out.name}.tmp")
     try:
         with tmp.open("w") as f, tempfile.TemporaryDirectory(dir=out.parent) as parts:
-            writer = _FeatureWriter(f, object_type, Path(parts) if by_class else None, names, colours)
+            writer = _FeatureWriter(f, kind, Path(parts) if by_class else None, names, colours)
             for poly in polygons:
                 if poly.area * sx * sy < min_area:
                     dropped += 1
@@ -142,6 +161,151 @@ def export_geojson(mask_path: str | os.PathLike[str], output: str | os.PathLike[
     finally:
         tmp.unlink(missing_ok=True)
     return GeoJSONResult(out, level, writer.features, counts, dropped, scale, time.perf_counter() - t0)
+
+
+OBJECT_BAND_ROWS = 128
+"""Fewest rows of the instance image held at once while objects are traced (more for narrow images)."""
+NOT_MEASUREMENTS = ("class_name",)
+"""Table columns left out of a feature's ``measurements`` (QuPath measurements are numbers; the
+class name is the feature's ``classification``)."""
+
+
+def _export_objects(mask: MaskLevels, out: Path, level: int, min_area: float,
+                    classes: str | Sequence[int | str] | None, object_type: str, by_class: bool,
+                    t0: float) -> GeoJSONResult:
+    """:func:`export_geojson` with ``objects=True``: objects in id order, joined to their table rows."""
+    import pyarrow.parquet as pq
+    import zarr
+
+    if level != 0 or by_class:
+        raise ConfigError("--objects traces every object at level 0, one feature each; drop --level and --by-class")
+    record = instances_record(mask.path)
+    if record is None or not record.get("complete"):
+        state = "has no objects/" if record is None else "has an unfinished objects/"
+        raise OutputFormatError(f"{mask.path} {state}; expected the objects of the mask: run `slideseg objects "
+                                f"{mask.path}` first")
+    table = Path(str(record.get("table", "")))
+    source = pq.ParquetFile(table, pre_buffer=False) if table.is_file() else None
+    meta = json.loads((source.schema_arrow.metadata or {}).get(b"slideseg", b"{}")) if source else {}
+    if source is None or meta.get("mask_record_sha256") != record.get("mask_record_sha256") or \
+            meta.get("objects") != record.get("objects"):
+        raise OutputFormatError(f"the object table {table} is missing or not that of {mask.path / OBJECTS}; expected "
+                                f"the table slideseg objects wrote with it: run `slideseg objects {mask.path} "
+                                "--overwrite`")
+    sx, sy = float(record["level0_scale"]["sx"]), float(record["level0_scale"]["sy"])
+    scale = Level0Scale(sx, sy, str(record["level0_scale"].get("how", "")))
+    names = mask.names
+    colours = {c.value: list(c.rgba[:3]) for c in mask.classes}
+    values = set(parse_classes(classes, names))
+    namespace = objects_namespace(record)
+    instances = zarr.open_array(mask.path / OBJECTS / "0", mode="r")
+    band = _RowBand(instances, max(OBJECT_BAND_ROWS, STRIPE_PIXELS // max(int(instances.shape[1]), 1)))
+    counts = dict.fromkeys((names[v] for v in sorted(values)), 0)
+    dropped = 0
+    tmp = out.with_name(f".{out.name}.tmp")
+    try:
+        with tmp.open("w") as f:
+            writer = _FeatureWriter(f, object_type, None, names, colours)
+            for row in _rows(source):
+                value = int(row["class"])
+                if value not in values:
+                    continue
+                if row["pixels"] * sx * sy < min_area:
+                    dropped += 1
+                    continue
+                polygons = band.trace(int(row["id"]), _mask_box(row, sx, sy))
+                coords = [_coordinates(p, sx, sy) for p in polygons]
+                writer.add(value, coords[0] if len(coords) == 1 else coords, str(uuid.uuid5(namespace, str(row["id"]))),
+                           _measurements(row), "Polygon" if len(coords) == 1 else "MultiPolygon")
+                counts[names[value]] += 1
+            writer.finish({"mask": str(mask.path.resolve()), "objects": str(mask.path.resolve() / OBJECTS),
+                           "table": str(table.resolve()), "level": 0, "scale_to_level0": [sx, sy],
+                           "scale_how": scale.how, "min_area": min_area, "object_type": object_type,
+                           "polygons": counts, "dropped": dropped})
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return GeoJSONResult(out, 0, writer.features, counts, dropped, scale, time.perf_counter() - t0)
+
+
+def objects_namespace(record: Mapping[str, Any]) -> uuid.UUID:
+    """The UUID namespace of one set of objects: from the hash of the mask's record and the options
+    ``slideseg objects`` ran with, so exporting the same objects again gives the same feature ids
+    (``uuid5(namespace, str(object id))``) and other objects (another mask, other options) others."""
+    key = json.dumps({"mask": record.get("mask_record_sha256"), "options": record.get("objects_config")},
+                     sort_keys=True, separators=(",", ":"))
+    return uuid.uuid5(uuid.NAMESPACE_URL, f"slideseg:objects:{key}")
+
+
+def _rows(source: Any) -> Iterator[dict[str, Any]]:
+    """Rows of the object table in file order (sorted by id), a row group at a time."""
+    for batch in source.iter_batches(batch_size=4096, use_threads=False):
+        yield from batch.to_pylist()
+
+
+def _measurements(row: Mapping[str, Any]) -> dict[str, Any]:
+    """A table row as QuPath measurements: numeric columns, missing values (NaN) left out."""
+    return {k: v for k, v in row.items()
+            if k not in NOT_MEASUREMENTS and v is not None and not (isinstance(v, float) and math.isnan(v))}
+
+
+def _mask_box(row: Mapping[str, Any], sx: float, sy: float) -> tuple[int, int, int, int]:
+    """``(y0, y1, x0, x1)`` of an object's bounding box in mask pixels, from its level-0 columns."""
+    return (round(row["bbox_y0_px"] / sy), round(row["bbox_y1_px"] / sy), round(row["bbox_x0_px"] / sx),
+            round(row["bbox_x1_px"] / sx))
+
+
+class _RowBand:
+    """Full-width rows of the instance image held in memory for the objects being traced.
+
+    Objects come in id order, which is raster order of their first pixel, so the top of their
+    boxes only moves down: the band is reloaded from an object's top when it does not hold the
+    object's box. Objects taller than the band are traced from the image in stripes.
+    """
+
+    def __init__(self, array: Any, rows: int) -> None:
+        self.array, self.rows = array, rows
+        self.y0, self.y1 = 0, 0
+        self.data = np.zeros((0, int(array.shape[1])), np.uint32)
+
+    def trace(self, oid: int, box: tuple[int, int, int, int]) -> list[Polygon]:
+        """Polygons (mask pixels) of object ``oid`` inside ``box``: one per 4-connected part."""
+        y0, y1, x0, x1 = box
+        if y1 - y0 <= self.rows:
+            if not (self.y0 <= y0 and y1 <= self.y1):
+                self.y0, self.y1 = y0, min(int(self.array.shape[0]), y0 + self.rows)
+                self.data = np.asarray(self.array[self.y0:self.y1])
+            window = self.data[y0 - self.y0:y1 - self.y0, x0:x1]
+            found = trace_polygons((window == oid).view(np.uint8), [1])
+        else:
+            stripe = max(1, STRIPE_PIXELS // max(x1 - x0, 1))
+
+            def read(a: int, b: int) -> np.ndarray:
+                return (np.asarray(self.array[y0 + a:y0 + b, x0:x1]) == oid).view(np.uint8)
+
+            found = list(iter_polygons(read, (y1 - y0, x1 - x0), [1], stripe))
+        if not found:
+            raise OutputFormatError(f"object {oid} of the table has no pixels in its box of the instance image; "
+                                    "expected the table and image of one run: rerun slideseg objects --overwrite")
+        shift = np.array([x0, y0], np.int64)
+        polygons = [Polygon(oid, _from_top_left(p.exterior + shift),
+                            tuple(sorted((_from_top_left(h + shift) for h in p.holes), key=_top_left)), p.area)
+                    for p in found]
+        return sorted(polygons, key=lambda p: _top_left(p.exterior))
+
+
+def _top_left(ring: np.ndarray) -> tuple[int, int]:
+    """``(y, x)`` of a ring's top-left vertex."""
+    y = int(ring[:, 1].min())
+    return y, int(ring[ring[:, 1] == y, 0].min())
+
+
+def _from_top_left(ring: np.ndarray) -> np.ndarray:
+    """The ring started at its top-left vertex (same direction), so that an object's polygons, their
+    rings and their vertices come in one order however the image was read."""
+    y, x = _top_left(ring)
+    start = int(np.flatnonzero((ring[:, 1] == y) & (ring[:, 0] == x))[0])
+    return np.roll(ring, -start, axis=0)
 
 
 def mask_level_scale(mask: MaskLevels, level: int, slide_path: str | os.PathLike[str] | None = None
@@ -245,9 +409,11 @@ class _FeatureWriter:
         self._open: dict[int, IO[str]] = {}
         f.write('{"type": "FeatureCollection", "features": [')
 
-    def add(self, value: int, coords: list[Any]) -> None:
+    def add(self, value: int, coords: list[Any], feature_id: str | None = None,
+            measurements: Mapping[str, Any] | None = None, kind: str = "Polygon") -> None:
+        """One polygon (``coords``: its rings), or with ``kind="MultiPolygon"`` several."""
         if self.parts is None:
-            self._feature("Polygon", value, json.dumps(coords))
+            self._feature(kind, value, json.dumps(coords), feature_id=feature_id, measurements=measurements)
             return
         part = self._open.get(value)
         if part is None:
@@ -263,11 +429,17 @@ class _FeatureWriter:
             part.close()
         self.f.write(f'\n], "slideseg": {json.dumps(meta)}}}\n')
 
-    def _feature(self, kind: str, value: int, coords: str, part: IO[str] | None = None) -> None:
-        props = {"objectType": self.object_type,
-                 "classification": {"name": self.names[value], "color": self.colours.get(value, [128, 128, 128])}}
+    def _feature(self, kind: str, value: int, coords: str, part: IO[str] | None = None, *,
+                 feature_id: str | None = None, measurements: Mapping[str, Any] | None = None) -> None:
+        props: dict[str, Any] = {
+            "objectType": self.object_type,
+            "classification": {"name": self.names.get(value, f"class {value}"),
+                               "color": self.colours.get(value, [128, 128, 128])}}
+        if measurements is not None:
+            props["measurements"] = dict(measurements)
         sep = "," if self.features else ""
-        self.f.write(f'{sep}\n{{"type": "Feature", "geometry": {{"type": "{kind}", "coordinates": {coords}')
+        head = f'"id": "{feature_id}", ' if feature_id is not None else ""
+        self.f.write(f'{sep}\n{{"type": "Feature", {head}"geometry": {{"type": "{kind}", "coordinates": {coords}')
         if part is not None:
             while chunk := part.read(1 << 20):
                 self.f.write(chunk)

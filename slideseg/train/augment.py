@@ -99,8 +99,17 @@ def elastic_field(size: int, rng: np.random.Generator, sigma: float, grid: int) 
     """
     coarse = rng.normal(0.0, sigma, (2, grid, grid))  # (2, g, g)
     weights = _spline_weights(size, grid)  # (size, g)
-    dy, dx = ((weights @ c @ weights.T).astype(np.float32) for c in coarse)
+    dy, dx = (_outer_sum(weights @ c, weights) for c in coarse)
     return dy, dx
+
+
+def _outer_sum(left: NDArray[np.float64], right: NDArray[np.float64]) -> F32:
+    """``left @ right.T`` for a small inner dimension, as a sum of outer products: a BLAS call for
+    this shape costs ~30 times as much (thread start-up), in the loader's threads beside training."""
+    out = left[:, :1] * right[:, 0]  # (size, size)
+    for k in range(1, left.shape[1]):
+        out += left[:, k : k + 1] * right[:, k]
+    return out.astype(np.float32)
 
 
 @functools.lru_cache(maxsize=16)
@@ -131,7 +140,8 @@ def warp(image: F32, labels: list[np.ndarray], size: int, margin: int, dy: F32, 
         ndimage.map_coordinates(image[..., c], coords, output=img[..., c], order=1, mode="mirror")
     h, w = image.shape[:2]
     ny, nx = (_inside_or_mirrored(np.rint(a).astype(np.intp), n) for a, n in ((coords[0], h), (coords[1], w)))
-    return img, [lab[ny, nx] for lab in labels]
+    flat = ny * w + nx  # one gather per label array
+    return img, [np.take(np.ascontiguousarray(lab).reshape(-1), flat) for lab in labels]
 
 
 def _inside_or_mirrored(idx: NDArray[np.intp], n: int) -> NDArray[np.intp]:

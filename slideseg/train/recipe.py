@@ -4,8 +4,8 @@ of a new model on this device.
 
 Pure functions of integers and shapes, so the rules can be tested without training.
 
->>> plan_budget([(256, 512)], output=132, batch_size=8).rule
-'default: 3000 tiles = the larger of 3000 and 50 passes over the 8 output tiles that cover the data (at most 100000)'
+>>> plan_budget([(256, 512)], output=260, batch_size=2).rule
+'default: 2000 tiles = the larger of 2000 and 50 passes over the 2 output tiles that cover the data (at most 100000)'
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ class Recipe:
 
 RECIPES: dict[str, Recipe] = {
     # Chosen by measurement: benchmarks/bench_train_sweep.py, docs/training.md ("Defaults").
-    "default": Recipe(optimizer="adam", lr=0.003, momentum=0.9, batch_size=8, output=128, lr_schedule="cosine",
+    "default": Recipe(optimizer="adam", lr=0.003, momentum=0.9, batch_size=2, output=256, lr_schedule="cosine",
                       warmup_steps=20),
     # Ronneberger et al. (2015): SGD with momentum 0.99, one large tile per step (572 px at depth 4).
     "paper": Recipe(optimizer="sgd", lr=0.001, momentum=0.99, batch_size=1, output=388, lr_schedule="cosine",
@@ -43,13 +43,13 @@ RECIPES: dict[str, Recipe] = {
 }
 """The recipes by name (``--recipe``)."""
 
-MIN_TILES = 3000
+MIN_TILES = 2000
 """The default budget trains on at least this many tiles, however small the data."""
 PASSES = 50
 """... and on this many passes over the data where that is more ..."""
 MAX_TILES = 100_000
 """... but on no more than this many tiles (large data: one pass may be far more than needed)."""
-MIN_EPOCH_TILES = 256
+MIN_EPOCH_TILES = 200
 """An epoch (the validation and reporting cadence) is at least this many tiles ..."""
 MAX_EPOCH_TILES = 2048
 """... and at most this many, whatever the size of the data."""
@@ -88,7 +88,7 @@ def default_tiles(coverage: int) -> int:
     """Tiles the default budget trains on for data that ``coverage`` tiles cover once.
 
     >>> default_tiles(8), default_tiles(200), default_tiles(10**6)
-    (3000, 10000, 100000)
+    (2000, 10000, 100000)
     """
     return min(MAX_TILES, max(MIN_TILES, PASSES * coverage))
 
@@ -98,7 +98,7 @@ def epoch_tiles(coverage: int, given: int | None = None) -> int:
     [:data:`MIN_EPOCH_TILES`, :data:`MAX_EPOCH_TILES`].
 
     >>> epoch_tiles(2), epoch_tiles(700), epoch_tiles(10**6), epoch_tiles(2, given=40)
-    (256, 700, 2048, 40)
+    (200, 700, 2048, 40)
     """
     return given if given is not None else min(MAX_EPOCH_TILES, max(MIN_EPOCH_TILES, coverage))
 

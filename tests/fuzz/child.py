@@ -14,6 +14,7 @@ import faulthandler
 import json
 import os
 import resource
+import shutil
 import signal
 import sys
 import time
@@ -41,6 +42,10 @@ class CaseSpec:
     commands: tuple[str, ...]
     tissue: bool = False
     """Run ``predict`` with tissue detection (otherwise ``--no-tissue``)."""
+    limits: tuple[float, int] | None = None
+    """(seconds, memory) for this case instead of the run's (to check that the limits work)."""
+    pristine: bool = False
+    """Run the seed as it is, unmutated (every command must then give a result)."""
 
 
 @dataclass
@@ -72,7 +77,9 @@ class CaseResult:
     @staticmethod
     def from_json(text: str) -> CaseResult:
         d = json.loads(text)
-        spec = CaseSpec(**{**d["spec"], "commands": tuple(d["spec"]["commands"])})
+        limits = d["spec"].get("limits")
+        spec = CaseSpec(**{**d["spec"], "commands": tuple(d["spec"]["commands"]),
+                           "limits": None if limits is None else tuple(limits)})
         return CaseResult(spec, d["mutations"], [RunResult(**r) for r in d["runs"]], d["folder"])
 
 
@@ -184,10 +191,14 @@ def run_command(argv: list[str], folder: Path, limits: Limits, stem: str) -> Run
 def run_case(spec: CaseSpec, seed: Seed, master: int, work: Path, model: Path, limits: Limits) -> CaseResult:
     """Mutate ``seed`` (seeded by ``master`` and the case index), run every command of ``spec``."""
     rng = np.random.default_rng([master, spec.index])
+    limits = limits if spec.limits is None else Limits(*spec.limits)
     folder = work / f"case-{spec.index:06d}"
     folder.mkdir(parents=True, exist_ok=True)
     mutant = folder / seed.path.name
-    result = CaseResult(spec, mutate(seed, mutant, rng), folder=str(folder))
+    if spec.pristine:
+        copy = shutil.copytree if seed.path.is_dir() else shutil.copyfile
+        copy(seed.path, mutant)
+    result = CaseResult(spec, [] if spec.pristine else mutate(seed, mutant, rng), folder=str(folder))
     for k, command in enumerate(spec.commands):
         argv = argv_for(command, seed, mutant, folder, model, spec.tissue)
         result.runs.append(run_command(argv, folder, limits, f"run{k}-{command}"))

@@ -44,7 +44,7 @@ READER_FILES = ("slideseg/io/", "slideseg/plan/tiles.py", "slideseg/train/data.p
 """Where the reading boundary lives: failures located here are the readers' own."""
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_LIMITS = Limits()
-_MEMORY_SIGNS = ("MemoryError", "bad_alloc", "Cannot allocate memory", "out of memory")
+_MEMORY_SIGNS = ("MemoryError", "bad_alloc", "Cannot allocate memory", "out of memory", "can't start new thread")
 
 
 def classify(run: RunResult) -> tuple[str, str | None]:
@@ -52,7 +52,8 @@ def classify(run: RunResult) -> tuple[str, str | None]:
     if run.timed_out:
         return HANG, f"{run.command} at {_hang_location(run.stderr)}"
     if run.crash is not None:
-        memory = "MemoryError" in run.crash.get("mro", [run.crash["type"]])
+        memory = "MemoryError" in run.crash.get("mro", [run.crash["type"]]) or any(
+            sign in str(run.crash.get("message", "")) for sign in _MEMORY_SIGNS)
         return (MEMORY if memory else CRASH), bucket(run.crash)
     if run.exit_code == 0:
         return RESULT, None
@@ -109,14 +110,16 @@ def bucket(crash: dict[str, object]) -> str:
 
 def plan_cases(seeds: Sequence[Seed], n: int, master: int, *, predict_fraction: float = 0.35,
                tissue_fraction: float = 0.3, train_weight: float = 0.5) -> list[CaseSpec]:
-    """``n`` cases spread over the seeds: slides run ``info`` (and ``predict`` for a fraction),
-    masks ``info`` and one of ``evaluate``/``export-geojson``/``preview``, pairs ``train``.
-    Training pairs are drawn ``train_weight`` times as often as other seeds (training is slow)."""
+    """One pristine case per seed (every command, the seed unmutated: each must give a result),
+    then ``n`` mutants spread over the seeds: slides run ``info`` (and ``predict`` for a
+    fraction), masks ``info`` and one of ``evaluate``/``export-geojson``/``preview``, pairs
+    ``train``. Training pairs are drawn ``train_weight`` times as often as other seeds (training
+    is slow)."""
     rng = np.random.default_rng([master, 1])
     weights = np.array([train_weight if s.family == "pair" else 1.0 for s in seeds])
     picks = rng.choice(len(seeds), size=n, p=weights / weights.sum())
-    specs = []
-    for index, k in enumerate(picks):
+    specs = [CaseSpec(i, s.name, s.commands, pristine=True) for i, s in enumerate(seeds)]
+    for index, k in enumerate(picks, start=len(seeds)):
         seed = seeds[int(k)]
         if seed.family == "pair":
             commands: tuple[str, ...] = ("train",)
@@ -250,6 +253,10 @@ class Summary:
     buckets: dict[str, list[tuple[CaseResult, RunResult]]]
     times: dict[str, list[float]]
     """Seconds of each run, by command."""
+    pristine: dict[str, str]
+    """``seed command`` -> outcome of every run of an unmutated seed (each should be a result)."""
+    slowest: list[tuple[float, str]]
+    """The slowest runs that were not hangs: (seconds, description), slowest first."""
 
     @property
     def failures(self) -> int:
@@ -262,14 +269,17 @@ class Summary:
         def row(name: str, counts: Counter[str]) -> str:
             return f"{name:18}" + "".join(f"{counts[o]:>8}" for o in OUTCOMES) + f"{sum(counts.values()):>8}"
 
-        lines = [f"cases {self.cases}, runs {self.runs}, {self.seconds:.0f} s "
-                 f"({self.runs / max(self.seconds, 1e-9):.1f} runs/s)", "", head, row("all", self.outcomes), ""]
+        bad = {k: v for k, v in self.pristine.items() if v != RESULT}
+        lines = [f"cases {self.cases} mutants, runs {self.runs}, {self.seconds:.0f} s "
+                 f"({self.runs / max(self.seconds, 1e-9):.1f} runs/s)",
+                 f"unmutated seeds: {len(self.pristine) - len(bad)} of {len(self.pristine)} runs gave a result"
+                 + (f"; not: {bad}" if bad else ""), "", head, row("all", self.outcomes), ""]
         lines += [row(name, c) for name, c in sorted(self.by_format.items())] + [""]
         lines += [row(name, c) for name, c in sorted(self.by_command.items())] + [""]
         lines.append(f"{'seconds per run':18}{'mean':>8}{'p95':>8}{'max':>8}")
         for name, t in sorted(self.times.items()):
             lines.append(f"{name:18}{np.mean(t):8.2f}{np.percentile(t, 95):8.2f}{max(t):8.2f}")
-        lines.append("")
+        lines += ["slowest:"] + [f"  {s:6.2f} s  {what}" for s, what in self.slowest] + [""]
         lines.append(f"distinct failure buckets: {len(self.buckets)}")
         for key, hits in sorted(self.buckets.items(), key=lambda kv: -len(kv[1])):
             case, run = hits[0]
@@ -285,17 +295,26 @@ def summarise(results: Sequence[CaseResult], seconds: float) -> Summary:
     by_command: dict[str, Counter[str]] = defaultdict(Counter)
     buckets: dict[str, list[tuple[CaseResult, RunResult]]] = defaultdict(list)
     times: dict[str, list[float]] = defaultdict(list)
+    slow: list[tuple[float, str]] = []
+    pristine: dict[str, str] = {}
     for case in results:
+        if case.spec.pristine:
+            pristine.update({f"{case.spec.seed} {run.command}": classify(run)[0] for run in case.runs})
+            continue
         for run in case.runs:
             times[run.command].append(run.seconds)
+            if not run.timed_out:
+                slow.append((run.seconds, f"case {case.spec.index} ({case.spec.seed}, {run.command}, "
+                                          f"{classify(run)[0]}): {'; '.join(case.mutations)[:100]}"))
             outcome, key = classify(run)
             outcomes[outcome] += 1
             by_format[case.spec.seed][outcome] += 1
             by_command[run.command][outcome] += 1
             if outcome in FAILURES:
                 buckets[f"{outcome}: {key}"].append((case, run))
-    return Summary(len(results), sum(outcomes.values()), seconds, outcomes, dict(by_format), dict(by_command),
-                   dict(buckets), dict(times))
+    mutants = sum(not case.spec.pristine for case in results)
+    return Summary(mutants, sum(outcomes.values()), seconds, outcomes, dict(by_format), dict(by_command),
+                   dict(buckets), dict(times), pristine, sorted(slow, reverse=True)[:5])
 
 
 def fuzz(folder: Path, cases: int, master: int, *, workers: int = 2, limits: Limits = DEFAULT_LIMITS,

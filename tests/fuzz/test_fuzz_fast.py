@@ -14,9 +14,22 @@ from pathlib import Path
 
 import pytest
 
-from tests.fuzz.child import GIB, Limits
-from tests.fuzz.runner import CLEAN, FAILURES, RESULT, Summary, fuzz, owner
-from tests.fuzz.seeds import SEED_NAMES
+from tests.fuzz.child import GIB, CaseSpec, Limits, RunResult
+from tests.fuzz.runner import (
+    CLEAN,
+    CRASH,
+    FAILURES,
+    HANG,
+    MEMORY,
+    NOISY,
+    RESULT,
+    Summary,
+    classify,
+    fuzz,
+    owner,
+    run_cases,
+)
+from tests.fuzz.seeds import SEED_NAMES, build_seeds
 
 CASES = 200
 MASTER_SEED = 0
@@ -25,10 +38,15 @@ MASTER_SEED = 0
 @pytest.fixture(scope="module")
 def summary(tmp_path_factory: pytest.TempPathFactory) -> Summary:
     folder: Path = tmp_path_factory.mktemp("fuzz")
-    result, _ = fuzz(folder, CASES, MASTER_SEED, workers=2, limits=Limits(20.0, 4 * GIB),
+    result, _ = fuzz(folder, CASES, MASTER_SEED, workers=2, limits=Limits(45.0, 4 * GIB),
                      predict_fraction=0.15, tissue_fraction=0.3, train_weight=0.4)
     print("\n" + result.table())  # shown with -s, or in the report of a failing test
     return result
+
+
+def test_every_seed_reads_before_it_is_mutated(summary: Summary) -> None:
+    assert len(summary.pristine) >= len(SEED_NAMES)
+    assert {k: v for k, v in summary.pristine.items() if v != RESULT} == {}
 
 
 def test_every_format_and_command_is_exercised(summary: Summary) -> None:
@@ -59,3 +77,40 @@ def test_no_case_fails_anywhere(summary: Summary) -> None:
     failing = {key: len(hits) for key, hits in summary.buckets.items()}
     assert summary.failures == 0, f"{failing}\n{summary.table()}"
     assert all(outcome not in FAILURES for outcome, n in summary.outcomes.items() if n)
+
+
+def test_the_limits_are_enforced(tmp_path: Path) -> None:
+    """A case killed at its time limit is a hang, one that runs out of address space a memory
+    blow-up: the fuzzer would see them if the readers had them."""
+    seeds = [s for s in build_seeds(tmp_path / "seeds") if s.name == "ome-tiff"]
+    specs = [CaseSpec(0, "ome-tiff", ("info",), limits=(0.05, 4 * GIB), pristine=True),
+             CaseSpec(1, "ome-tiff", ("info",), limits=(20.0, 2**20), pristine=True)]
+    hang, memory = run_cases(seeds, specs, tmp_path / "cases", master=MASTER_SEED, workers=1)
+    assert [classify(r)[0] for r in hang.runs] == [HANG]
+    assert [classify(r)[0] for r in memory.runs] == [MEMORY]
+
+
+@pytest.mark.parametrize(("run", "expected"), [
+    (RunResult("info", 0, 0.1, 90.0), (RESULT, None)),
+    (RunResult("info", 2, 0.1, 90.0, stderr="note: x\nslideseg: a.tif is not an image\n"), (CLEAN, None)),
+    (RunResult("predict", 2, 0.1, 90.0, stderr="12:00:01 - distributed.worker - ERROR - Compute Failed\n"
+                                              "slideseg: bad\n"),
+     (NOISY, "predict: distributed.worker - ERROR - Compute Failed")),
+    (RunResult("info", None, 20.0, 90.0, timed_out=True, stderr='File "/w/slideseg/io/slide.py", line 3 in read\n'),
+     (HANG, "info at slideseg/io/slide.py:read")),
+    (RunResult("info", 1, 0.1, 90.0, crash={"type": "KeyError", "mro": ["KeyError"], "frames": [
+        ["/w/slideseg/cli/info.py", 1, "info"], ["/w/slideseg/io/ngff.py", 9, "label_classes"],
+        ["/v/site-packages/zarr/core.py", 5, "get"]]}), (CRASH, "KeyError at slideseg/io/ngff.py:label_classes "
+                                                              "(from zarr.core)")),
+    (RunResult("info", 1, 0.1, 90.0, crash={"type": "MemoryError", "mro": ["MemoryError"], "frames": []}),
+     (MEMORY, "MemoryError at outside slideseg")),
+    (RunResult("info", None, 0.1, 90.0, signal=9), (CRASH, "signal 9 in info: ")),
+])
+def test_classify(run: RunResult, expected: tuple[str, str | None]) -> None:
+    assert classify(run) == expected
+
+
+def test_owner() -> None:
+    assert owner("crash: KeyError at slideseg/io/ngff.py:label_classes (from zarr)") == "reader"
+    assert owner("hang: predict at slideseg/plan/tiles.py:redundancy") == "reader"
+    assert owner("crash: ValueError at slideseg/write/mask.py:describe_mask (from zarr)") == "elsewhere"

@@ -51,7 +51,8 @@ def main() -> None:
     for line in sys.stdin:
         assert threading.active_count() == 1, "a thread in the worker would be inherited half-dead by each fork"
         d = json.loads(line)
-        spec = CaseSpec(**{**d, "commands": tuple(d["commands"])})
+        own = d.get("limits")
+        spec = CaseSpec(**{**d, "commands": tuple(d["commands"]), "limits": None if own is None else tuple(own)})
         result = run_case(spec, seeds[spec.seed], master, work, model, limits)
         print(result.to_json(), flush=True)
 
