@@ -9,7 +9,9 @@ slide is written tile by tile with memory that does not grow with its size.
 A pixel belongs to the nearest (in normalised elliptical distance) present candidate among its
 own and its 8 neighbouring cells, if that distance is < 1; so neighbouring nuclei touch along a
 shared boundary instead of overlapping. ``nucleus_radius[1] < cell`` guarantees the 3x3
-neighbourhood holds every candidate that can reach a pixel.
+neighbourhood holds every candidate that can reach a pixel. ``touching`` presses a seeded fraction
+of the nuclei together in pairs (both cells of a pair hold a nucleus, overlapping at their shared
+cell edge), for data where many objects touch; :func:`touching_fraction` measures it.
 """
 
 from __future__ import annotations
