@@ -55,7 +55,7 @@ def test_a_full_disk_says_how_to_resume(tmp_path: Path, slide: Path, model_file:
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(MaskWriter, "write_chunk", full)
-    with pytest.raises(OutputWriteError, match="disk is full.*--resume"):
+    with pytest.raises(OutputWriteError, match=r"disk is full.*--resume"):
         predict(slide, tmp_path / "m.zarr", model_file, CPU)
     assert not lock_path(tmp_path / "m.zarr").exists()  # the lock goes with the run
 

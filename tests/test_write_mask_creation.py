@@ -46,7 +46,7 @@ def test_a_half_made_output_says_to_start_again(tmp_path: Path, model_file: Path
     predict(slide, out, model_file, CPU)
     attrs = dict(zarr.open_group(out, mode="r").attrs)
     zarr.open_group(out, mode="w", zarr_format=2, attributes=attrs)  # the group, without its arrays
-    with pytest.raises(OutputFormatError, match="half created.*--overwrite"):
+    with pytest.raises(OutputFormatError, match=r"half created.*--overwrite"):
         open_mask_writer(out)
     with pytest.raises(OutputFormatError, match="half created"):
         predict(slide, out, model_file, dataclasses.replace(CPU, resume=True))

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import json
 import math
 import numbers
 import operator
@@ -28,11 +29,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import tifffile
 from numpy.typing import NDArray
 
 from slideseg import __version__
 from slideseg.config import Config
-from slideseg.errors import ConfigError, OutputExistsError
+from slideseg.errors import ConfigError, OutputExistsError, OutputFormatError
 from slideseg.io.formats import slide_stem
 from slideseg.plan.tiles import grid_boxes, level_shape, pyramid_shapes
 
@@ -460,11 +462,41 @@ def _prepare_outputs(image_path: Path, truth_path: Path, overwrite: bool) -> Non
         raise OutputExistsError(f"{' and '.join(map(str, existing))} already exist(s); pass "
                                 "--overwrite (overwrite=True) to replace")
     for p in existing:
-        if p.is_dir() and not p.is_symlink():
+        if not (_is_synthetic_slide(p) if p == image_path else _is_synthetic_truth(p)):
+            raise OutputFormatError(f"{p} exists and was not written by `slideseg synth`; refusing to replace it even "
+                                    "with --overwrite: remove it yourself or choose another path")
+    for p in existing:
+        if p.is_dir():
             shutil.rmtree(p)
         else:
             p.unlink()
     image_path.parent.mkdir(parents=True, exist_ok=True)
+
+
+def _is_synthetic_slide(path: Path) -> bool:
+    """A TIFF file whose software tag says ``slideseg synth`` wrote it."""
+    if path.is_symlink() or not path.is_file():
+        return False
+    try:
+        with tifffile.TiffFile(path) as tif:
+            return tif.pages.first.software == "slideseg.synth"
+    except Exception:  # any reader error: not ours, and never deleted
+        return False
+
+
+def _is_synthetic_truth(path: Path) -> bool:
+    """A Zarr group whose attributes hold the ``slideseg_synth`` record of a synthetic truth."""
+    if path.is_symlink() or not path.is_dir():
+        return False
+    for name in ("zarr.json", ".zattrs"):
+        try:
+            meta = json.loads((path / name).read_text())
+        except (OSError, ValueError):
+            continue
+        attrs = meta.get("attributes", meta) if isinstance(meta, dict) else {}
+        if isinstance(attrs, dict) and "slideseg_synth" in attrs:
+            return True
+    return False
 
 
 def _write_image(path: Path, cfg: SynthConfig, shapes: list[tuple[int, int]],
