@@ -70,7 +70,7 @@ default-model: venv
 		--images $(DEFAULT_MODEL_WORK)/train --masks $(DEFAULT_MODEL_WORK)/train \
 		--val-images $(DEFAULT_MODEL_WORK)/val --val-masks $(DEFAULT_MODEL_WORK)/val \
 		--depth 3 --width 8 --class-names background,nucleus --tile 252 \
-		--optimizer adam --lr 0.003 --steps 2000 --tiles-per-epoch 100 --seed 0 --threads 1
+		--optimizer adam --lr 0.003 --batch-size 1 --warmup-steps 0 --steps 2000 --tiles-per-epoch 100 --seed 0 --threads 1
 	install -m 644 $(DEFAULT_MODEL_WORK)/default.safetensors slideseg/weights/default.safetensors
 	$(SLIDESEG) info slideseg/weights/default.safetensors
 

@@ -50,7 +50,7 @@ def test_max_time_alone_trains_until_the_time_is_up(tmp_path: Path) -> None:
     result = train(nuclei(), tmp_path / "m.safetensors", dataclasses.replace(QUICK, max_time=limit_s / 60),
                    arch=TINY)
     assert result.ended == "time" and result.stopped is None
-    assert 0.8 * limit_s <= result.seconds <= limit_s + 1.5  # until the limit, not far short of it or past it
+    assert 0.8 * limit_s <= result.seconds <= limit_s + 3.0  # until the limit: not far short of it, nor far past
     assert result.steps > 10 and result.budget.startswith("--max-time")
     assert result.history[-1]["lr"] < 0.2 * 0.003  # the cosine schedule spans the time: near 0 at the end
     assert result.history[-1]["step"] == result.steps  # the last steps are validated too

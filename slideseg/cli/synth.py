@@ -20,6 +20,9 @@ def synth(
     mpp: Annotated[float | None, typer.Option(help="Pixel size, µm. (default: 0.5)")] = None,
     tissue_fraction: Annotated[float | None, typer.Option(
         help="Fraction covered by tissue, in (0, 1]. (default: 0.6)")] = None,
+    touching: Annotated[float | None, typer.Option(
+        help="Fraction of the nuclei pressed together in pairs, in [0, 1) (touching objects for training "
+             "and evaluating their separation). (default: 0)")] = None,
     overwrite: Annotated[bool | None, typer.Option("--overwrite", help="Replace existing files.")] = None,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show progress.")] = True,
 ) -> None:
@@ -27,7 +30,8 @@ def synth(
     from slideseg.cli.progress import chunk_progress
     from slideseg.tools.synth import SynthConfig, write_synthetic_slide
 
-    cfg = SynthConfig(size=size, **_given(seed=seed, mpp=mpp, tissue_fraction=tissue_fraction))
+    cfg = SynthConfig(size=size, **_given(seed=seed, mpp=mpp, tissue_fraction=tissue_fraction,
+                                                     touching=touching))
     with chunk_progress(f"synth {output.name}", enabled=progress, console=err, unit="tiles") as start:
         ticks: list[Callable[[int], None]] = []  # one progress task, started at the first tile
 

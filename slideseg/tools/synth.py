@@ -91,7 +91,7 @@ class SynthConfig(Config):
     """Fraction of the nuclei pressed together in pairs (expected value, in [0, 1)): the two
     nuclei of a pair of horizontally neighbouring cells overlap and share a long border. On top of
     the nuclei that touch by chance (at the default size and spacing about half touch another;
-    :func:`touching_fraction` measures it); 0 renders exactly as before the option existed."""
+    :func:`touching_fraction` measures it); 0 presses none, and the slide is the same as without it."""
 
     def __post_init__(self) -> None:
         for name, kind in _FIELD_KINDS.items():  # normalise: lists -> tuples, numpy -> builtins
