@@ -345,6 +345,20 @@ def test_ngff_parsers_accept_what_they_should() -> None:
 # --- PNG ------------------------------------------------------------------------------------------
 
 
+def test_jpeg_declaring_more_pixels_than_its_bytes_hold(tmp_path: Path) -> None:
+    # was: a 5 kB 160 x 120 JPEG whose frame header said 65535 rows decoded as 10 Mpx of padding, and
+    # predict ran on it for 17 s (a near-hang)
+    path = tmp_path / "a.jpg"
+    data = bytearray(imagecodecs.jpeg8_encode(RGB, level=90))
+    sof = data.index(b"\xff\xc0")
+    struct.pack_into(">H", data, sof + 5, 65535)
+    path.write_bytes(bytes(data))
+    _opens_cleanly(path, r"declares 65535x96 px in a \d+-byte JPEG, more than its compressed data can hold")
+    path.write_bytes(imagecodecs.jpeg8_encode(np.full((2000, 2000, 3), 250, np.uint8), level=10))  # flat, small
+    with open_slide(path) as slide:
+        assert slide.shape == (2000, 2000, 3)
+
+
 def test_png_declaring_more_pixels_than_its_bytes_hold(tmp_path: Path) -> None:
     # a 24-byte PNG header claiming 16000 x 16000 px: refused before libpng allocates 768 MB
     path = tmp_path / "a.png"

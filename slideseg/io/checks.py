@@ -31,8 +31,8 @@ from slideseg.io.axes import AxisMap
 from slideseg.io.ngff import Multiscale
 from slideseg.plan.tiles import MAX_SIDE
 
-__all__ = ["MAX_CHANNELS", "MAX_DECODE_BYTES", "MAX_IFDS", "MAX_SIDE", "check_block", "check_ifd_chain",
-           "check_image_shape", "check_level_order", "check_ngff_scales", "check_png_size", "check_tiff_level",
+__all__ = ["MAX_CHANNELS", "MAX_DECODE_BYTES", "MAX_IFDS", "MAX_SIDE", "check_block", "check_compressed_size",
+           "check_ifd_chain", "check_image_shape", "check_level_order", "check_ngff_scales", "check_tiff_level",
            "check_zarr_level", "check_zarr_stored"]
 
 MAX_CHANNELS = 1024
@@ -84,19 +84,23 @@ def check_block(shape: Sequence[int], itemsize: int, path: Path, what: str) -> N
         )
 
 
-PNG_PIXELS_PER_BYTE = 8 * 1100
-"""Deflate expands at most ~1032x and a pixel takes at least 1 bit: a PNG declaring more pixels
-than this per byte of file (plus 1 Mpx of slack) cannot hold them."""
+PIXELS_PER_BYTE = {"png": 8 * 1100, "jpeg": 1024}
+"""Most pixels one byte of a file can hold: Deflate expands at most ~1032x and a PNG pixel takes
+at least 1 bit; a Huffman-coded JPEG spends at least 1 bit on each 8 x 8 block (its DC code),
+512 px per byte, and half that is allowed for the rare arithmetic-coded ones."""
 
 
-def check_png_size(yx: tuple[int, int], path: Path) -> None:
-    """Refuse a PNG header that declares more pixels than the file's bytes can encode (before
-    the decoder allocates them)."""
+def check_compressed_size(kind: str, yx: tuple[int, int], path: Path) -> None:
+    """Refuse a PNG or JPEG header that declares more pixels than the file's bytes can encode
+    (plus 1 Mpx of slack): the decoder would allocate them, and fill what is missing.
+
+    >>> check_compressed_size("png", (100, 100), Path(__file__))
+    """
     size = path.stat().st_size
-    if yx[0] * yx[1] > PNG_PIXELS_PER_BYTE * size + 2**20:
+    if yx[0] * yx[1] > PIXELS_PER_BYTE[kind] * size + 2**20:
         raise SlideReadError(
-            f"{path} declares {_yx(yx)} px in a {size}-byte PNG, more than its compressed data can hold; the "
-            f"header is corrupt: export the image again"
+            f"{path} declares {_yx(yx)} px in a {size}-byte {kind.upper()}, more than its compressed data can "
+            f"hold; the header is corrupt: export the image again"
         )
 
 

@@ -372,8 +372,7 @@ def _open_image(path: Path, kind: str, level: int, series: int | None, channels:
             f"`vips tiffsave {path.name} tiled.tif --tile --pyramid --compression jpeg`"
         )
     checks.check_image_shape(size, 1, np.dtype(np.uint8), path, kind.upper())
-    if kind == "png":
-        checks.check_png_size(size, path)
+    checks.check_compressed_size(kind, size, path)
     import imagecodecs
 
     with reading(path, corrupt=kind.upper()):
