@@ -416,6 +416,39 @@ def test_thumbnail_reads_are_bounded_and_exact(shape: tuple[int, int, int], stri
     assert ramp.largest <= max(budget, stride)
 
 
+class _WideFlat:
+    """A slide without a pyramid, 6000 x 40000 px: pixel (y, x) is y % 251. Its reads cost no memory
+    (broadcast views); it records the largest."""
+
+    shape, dtype = (6000, 40_000, 1), np.dtype(np.int64)
+
+    def __init__(self) -> None:
+        self.levels, self.largest = [self], 0
+
+    def __enter__(self) -> _WideFlat:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def read(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+        self.largest = max(self.largest, (y1 - y0) * (x1 - x0))
+        return np.broadcast_to((np.arange(y0, y1) % 251)[:, None, None], (y1 - y0, x1 - x0, 1))
+
+
+def test_tissue_thumbnail_of_a_slide_without_a_pyramid_reads_bounded_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
+    # issue #10 item 20, was: the tissue thumbnail read full-width blocks of ~4096 rows (here 4096 x 40000 =
+    # 164 Mpx, 10x the budget; 1.2 GB for a 100k-px-wide RGB slide)
+    slide = _WideFlat()
+    monkeypatch.setattr(tissue, "open_slide", lambda *a, **k: slide)
+    image, scale = tissue.thumbnail("wide.tif", (6000, 40_000), side=1024)
+    stride = 40_000 // 1024
+    assert image.shape == (-(-6000 // stride), -(-40_000 // stride), 1)
+    assert scale == pytest.approx((stride, stride), rel=0.01)
+    assert np.array_equal(image[:, 0, 0], np.arange(0, 6000, stride) % 251)
+    assert 0 < slide.largest <= tissue.READ_PIXELS
+
+
 def test_plan_refuses_sizes_beyond_max_side() -> None:
     # was: OverflowError / endless loops planning a declared 2**62-px level
     with pytest.raises(ConfigError, match=r"at most 16777216 px per side"):

@@ -1,4 +1,6 @@
-"""slideseg.tools.components: objects labelled in blocks equal one labelling of the whole mask."""
+"""slideseg.tools.components: objects labelled in blocks, or in stripes in one pass, equal one
+labelling of the whole mask; and their pixel sums (slideseg.tools.pixel_sums) equal regionprops
+of the whole mask."""
 
 from __future__ import annotations
 
@@ -15,16 +17,13 @@ from slideseg.tools.components import (
     BlockSummary,
     LabelSpec,
     Numbering,
-    Sums,
-    SumsMerger,
-    edge_counts,
+    StripeStitcher,
     label_image,
-    merge_sums,
     relabel_block,
     stitch,
     summarise_block,
-    unit_sums,
 )
+from slideseg.tools.pixel_sums import Sums, SumsMerger, edge_counts, merge_sums, unit_sums
 
 KINDS = ("blob", "snake", "ring", "checker", "line", "edge")
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -212,6 +211,56 @@ def test_foreground_objects_without_classes(mask: np.ndarray, block: int, connec
     """``by_class=False``: components of the union of the values (what ``evaluate`` counts)."""
     got = label_image(mask, LabelSpec((1, 2, 3), connectivity, by_class=False), block=block)
     np.testing.assert_array_equal(got, reference((mask > 0).astype(np.uint8), (1,), connectivity))
+
+
+def stripe_regions(mask: np.ndarray, rows: int, spec: LabelSpec) -> tuple[np.ndarray, list[tuple[int, int, list[int]]]]:
+    """Feed ``mask`` to a :class:`StripeStitcher` in stripes of ``rows``: the region of every pixel
+    (joins followed to the end) and, per stripe, ``(y0, y1, regions that end there)``."""
+    stitcher = StripeStitcher(mask.shape, spec)
+    out = np.full(mask.shape, -1, np.int64)
+    ends = []
+    for y0 in range(0, mask.shape[0], rows):
+        y1 = min(mask.shape[0], y0 + rows)
+        stripe = stitcher.feed(mask[y0:y1])
+        for old, new in stripe.joined.items():
+            out[out == old] = new
+        np.testing.assert_array_equal(stripe.above, out[y0 - 1] if y0 else -1)  # the row above, after the joins
+        out[y0:y1] = stripe.regions[stripe.labels]
+        np.testing.assert_array_equal(stripe.done_values, mask.ravel()[stripe.done])  # each region's first pixel
+        ends.append((y0, y1, stripe.done.tolist()))
+    assert stitcher.rows == mask.shape[0]
+    return out, ends
+
+
+@SETTINGS
+@given(mask=masks(), rows=st.integers(1, 24), connectivity=st.sampled_from([4, 8]),
+       values=st.sampled_from([(1, 2, 3), (1,), (2, 3)]), by_class=st.booleans())
+def test_stripes_in_one_pass_give_the_regions_of_the_whole_mask(mask: np.ndarray, rows: int, connectivity: int,
+                                                                values: tuple[int, ...], by_class: bool) -> None:
+    """Every stripe height: the regions are those of one labelling of the whole mask, each is named
+    by its first pixel and ends exactly once, with the stripe that holds its last row or the next."""
+    spec = LabelSpec(values, connectivity, by_class)
+    regions, ends = stripe_regions(mask, rows, spec)
+    expected = reference(mask if by_class else np.isin(mask, values).astype(np.uint8), values if by_class else (1,),
+                         connectivity)
+    names, first = np.unique(regions.ravel(), return_index=True)
+    real = names[names >= 0]
+    np.testing.assert_array_equal(real, first[names >= 0])  # a region's name is its first pixel
+    ranks = np.where(regions >= 0, np.searchsorted(real, regions) + 1, 0)
+    np.testing.assert_array_equal(ranks, expected)  # the same regions, named in raster order
+    ended = sorted(r for _, _, done in ends for r in done)
+    assert ended == real.tolist()  # each region ends once
+    last_row = {int(r): int(np.flatnonzero((regions == r).any(axis=1))[-1]) for r in real}
+    for y0, y1, done in ends:
+        assert all(y0 - 1 <= last_row[r] < y1 for r in done)
+
+
+def test_stripes_must_follow_one_another() -> None:
+    stitcher = StripeStitcher((4, 3), LabelSpec((1,)))
+    stitcher.feed(np.ones((3, 3), np.uint8))
+    with pytest.raises(ValueError, match=r"after row 3 of a 4 x 3 mask; expected \(1..1, 3\)"):
+        stitcher.feed(np.ones((2, 3), np.uint8))
+    assert stitcher.feed(np.ones((1, 3), np.uint8)).done.tolist() == [0]
 
 
 def test_more_objects_than_the_limit() -> None:

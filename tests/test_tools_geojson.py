@@ -15,7 +15,10 @@ import slideseg.tools.geojson
 from slideseg.errors import ConfigError, OutputExistsError, OutputFormatError, SlideReadError
 from slideseg.io.ngff import LabelClass
 from slideseg.tools.geojson import export_geojson, level0_scale, parse_classes
+from slideseg.tools.objects import ObjectsConfig, objects
 from tests.conftest import AWKWARD, random_mask, rasterise, read_level, signed_area, write_mask
+from tests.test_tools_objects import class_mask
+from tests.test_tools_objects import write_mask as write_class_mask
 
 CLASSES = (LabelClass(0, "background", (0, 0, 0, 0)), LabelClass(1, "tumour", (230, 25, 75, 255)),
            LabelClass(2, "stroma", (60, 180, 75, 255)), LabelClass(3, "fat", (0, 130, 200, 255)))
@@ -190,3 +193,69 @@ def test_errors(tmp_path: Path, mask_path: Path) -> None:
     with pytest.raises(OutputFormatError, match=r"incomplete.*--resume"):
         export_geojson(tmp_path / "partial.zarr", tmp_path / "p.geojson")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.geojson", "mask.zarr", "partial.zarr", "plain"]
+
+
+# --------------------------------------------------------------------------------- damaged masks
+
+
+@pytest.mark.parametrize("damage", [b"\x00garbage" * 20, b""])
+def test_a_damaged_chunk_is_a_clean_error_and_leaves_no_file(tmp_path: Path, mask_path: Path, damage: bytes) -> None:
+    # was: RuntimeError "error during blosc decompression" from numcodecs, escaping the reading boundary
+    chunk = next(f for f in sorted((mask_path / "0").rglob("*")) if f.is_file() and not f.name.startswith("."))
+    chunk.write_bytes(damage)
+    with pytest.raises(SlideReadError, match=r"could not read rows \d+:\d+ of level 0 in .*mask\.zarr \(\w+"):
+        export_geojson(mask_path, tmp_path / "m.geojson")
+    assert not (tmp_path / "m.geojson").exists()
+
+
+def test_a_level_with_zero_row_chunks_is_refused_before_tracing(tmp_path: Path, mask_path: Path) -> None:
+    # was: ZeroDivisionError in _stripe_rows
+    meta = json.loads((mask_path / "1" / ".zarray").read_text())
+    (mask_path / "1" / ".zarray").write_text(json.dumps({**meta, "chunks": [0, 64]}))
+    with pytest.raises(SlideReadError, match=r"the chunk shape of level '1' is \(0, 64\)"):
+        export_geojson(mask_path, tmp_path / "m.geojson", level=1)
+    assert slideseg.tools.geojson._stripe_rows(300, 0) == slideseg.tools.geojson.STRIPE_PIXELS // 300
+
+
+def test_a_record_of_the_wrong_type_is_a_clean_error(tmp_path: Path, mask_path: Path) -> None:
+    # was: ValueError from int("one") in level0_scale
+    attrs = json.loads((mask_path / ".zattrs").read_text())
+    attrs["slideseg"]["source"]["level"] = "one"
+    (mask_path / ".zattrs").write_text(json.dumps(attrs))
+    with pytest.raises(SlideReadError, match=r"the source slide's 'level' in its record is 'one'"):
+        export_geojson(mask_path, tmp_path / "m.geojson")
+
+
+@pytest.fixture
+def mask_with_objects(tmp_path: Path) -> Path:
+    path = write_class_mask(tmp_path / "objects.zarr", class_mask((60, 50), seed=3))
+    objects(path, ObjectsConfig())
+    return path
+
+
+def _damage_instance_chunk(mask: Path) -> None:
+    chunk = next(f for f in sorted((mask / "objects" / "0").rglob("*")) if f.is_file() and not f.name.startswith("."))
+    chunk.write_bytes(b"\x02damaged" * 7)
+
+
+def _instance_shape(mask: Path) -> None:
+    meta = json.loads((mask / "objects" / "0" / ".zarray").read_text())
+    (mask / "objects" / "0" / ".zarray").write_text(json.dumps({**meta, "shape": [60, 2**30]}))
+
+
+def _level0_scale(mask: Path) -> None:
+    attrs = json.loads((mask / "objects" / ".zattrs").read_text())
+    attrs["slideseg"]["level0_scale"] = {"sx": "1", "sy": 1}
+    (mask / "objects" / ".zattrs").write_text(json.dumps(attrs))
+
+
+@pytest.mark.parametrize(("damage", "match"), [
+    (_damage_instance_chunk, r"could not read rows \d+:\d+ of the instance image in .*objects/0"),  # was: from zarr
+    (_instance_shape, r"objects/0 is uint32 \(60, 1073741824\); expected uint32 \(60, 50\)"),  # was: read for hours
+    (_level0_scale, r"level0_scale is \{'sx': '1', 'sy': 1\}; expected"),  # was: float('1') taken, or a TypeError
+])
+def test_damaged_objects_are_a_clean_error(tmp_path: Path, mask_with_objects: Path, damage: Any, match: str) -> None:
+    damage(mask_with_objects)
+    with pytest.raises(SlideReadError, match=match):
+        export_geojson(mask_with_objects, tmp_path / "o.geojson", objects=True)
+    assert not (tmp_path / "o.geojson").exists()

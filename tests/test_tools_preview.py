@@ -153,3 +153,54 @@ def test_errors(tmp_path: Path, slide: Path) -> None:
         write_preview(mask_path, out)
     assert write_preview(mask_path, out, size=64, overwrite=True).path == out
     assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_a_damaged_mask_chunk_is_a_clean_error(tmp_path: Path) -> None:
+    # was: ValueError "Stored and computed checksum do not match" (0.5) or a blosc RuntimeError (0.4) from zarr
+    labels = np.ones((100, 150), np.uint8)
+    mask_path = write_mask(tmp_path / "m.zarr", labels, CLASSES, chunk=32, source={"path": "", "level": 0})
+    chunk = next(f for f in sorted((mask_path / "0").rglob("*")) if f.is_file() and not f.name.startswith("."))
+    chunk.write_bytes(b"\x01not a chunk" * 9)
+    with pytest.raises(SlideReadError, match=r"could not read level 0 of the mask .*m\.zarr \(\w+"):
+        write_preview(mask_path, tmp_path / "o.png", size=64)
+    assert not (tmp_path / "o.png").exists()
+
+
+class _Flat:
+    """A slide without a pyramid whose pixel (y, x) is (y % 256, x % 256, 0); records its largest read."""
+
+    def __init__(self, shape: tuple[int, int]) -> None:
+        self.shape, self.dtype, self.largest = (*shape, 3), np.dtype(np.uint8), 0
+        self.levels = [self]
+
+    def __enter__(self) -> _Flat:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def read(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+        self.largest = max(self.largest, (y1 - y0) * (x1 - x0))
+        yy, xx = np.mgrid[y0:y1, x0:x1]
+        return np.stack([yy % 256, xx % 256, np.zeros_like(yy)], axis=2).astype(np.uint8)
+
+
+@pytest.mark.parametrize(("shape", "thumb", "step"), [
+    ((3000, 2000), (300, 200), 5),  # the aspect of the mask: at least 2x the thumbnail, 3000 // (2 * 300)
+    # a --slide of another aspect: not read whole at step 1, but at most 16x the thumbnail's pixels,
+    # ceil(sqrt(64 * 200000 / (16 * 200 * 150)))
+    ((64, 200_000), (200, 150), 6),
+])
+def test_the_slide_is_read_in_bounded_blocks_and_sampled_exactly(monkeypatch: pytest.MonkeyPatch,
+                                                                 shape: tuple[int, int], thumb: tuple[int, int],
+                                                                 step: int) -> None:
+    # was: full-width strips of whole tile rows (GBs for a wide slide), and the whole level at step 1
+    flat = _Flat(shape)
+    seen: list[np.ndarray] = []
+    monkeypatch.setattr(slideseg.tools.preview, "open_slide", lambda *a, **k: flat)
+    monkeypatch.setattr(slideseg.tools.preview, "_STRIP_PIXELS", 4096)
+    monkeypatch.setattr(slideseg.tools.preview, "_resize_rgb", lambda rgb, shape: seen.append(rgb) or rgb)
+    slideseg.tools.preview._slide_thumbnail(Path("flat.tif"), None, thumb)
+    yy, xx = np.mgrid[0:shape[0]:step, 0:shape[1]:step]
+    assert np.array_equal(seen[0][..., 0], yy % 256) and np.array_equal(seen[0][..., 1], xx % 256)
+    assert flat.largest <= max(4096, step)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -61,53 +62,74 @@ def _print_table(path: Path, d: dict[str, Any]) -> None:
 
 
 def _summary(d: dict[str, Any]) -> dict[str, str]:
-    """One screen of the most useful facts; `--json` has the rest."""
+    """One screen of the most useful facts; `--json` has the rest.
+
+    What a mask records of how it was made is read as it is found: a field of the wrong type (a
+    number where an object belongs) is left out of the table, never a crash (`--json` shows it).
+    """
     rows: dict[str, str] = {}
     if d["kind"] == "bioimageio":
         return _package_summary(d)
     if d["kind"] == "model":
-        cfg = d["config"]
-        rows = {k: json.dumps(v) for k, v in cfg.items()}
-        rows["valid tiles"] = d["valid_tiles"]
-        rows["trained"] = str(d["metadata"].get("trained", "unknown"))
+        rows = {k: json.dumps(v) for k, v in _obj(d.get("config")).items()}
+        rows["valid tiles"] = str(d.get("valid_tiles"))
+        rows["trained"] = str(_obj(d.get("metadata")).get("trained", "unknown"))
         return rows
-    levels = d.get("levels") or []
-    shapes = ", ".join("x".join(str(n) for n in lv["shape"]) for lv in levels)
+    shapes = ", ".join(_shape(_obj(lv).get("shape")) for lv in _list(d.get("levels")))
+    mpp = d.get("mpp")
     if d["kind"] == "slide":
         rows["format"] = f"{d.get('format')}, {d.get('compression')} compression, tiles {d.get('tile')}"
-        if d.get("objective_power"):
+        if _number(d.get("objective_power")):
             rows["objective"] = f"{d['objective_power']:g}x"
         if len(d.get("all_series") or []) > 1:
             rows["series"] = f"{d.get('series')} of {len(d['all_series'])} (choose with --series)"
         rows["pixels"] = f"{d.get('channels')} channel(s) of {d.get('dtype')}"
-        rows["mpp"] = f"{d['mpp']:.4g} µm/px" if d.get("mpp") else "unknown"
+        rows["mpp"] = f"{mpp:.4g} µm/px" if _number(mpp) else "unknown"
         rows["levels"] = shapes
         return rows
-    made = d.get("slideseg") or {}
-    complete = d.get("complete")
+    made = _obj(d.get("slideseg"))
     n, m = d.get("chunks_done"), d.get("chunks_total")
-    if complete:
+    if d.get("complete"):
         rows["status"] = "complete"
-    elif n is not None and n < (m or 0):
+    elif isinstance(n, int) and isinstance(m, int) and n < m:
         rows["status"] = f"{n} of {m} chunks done (finish with `slideseg predict ... --resume`)"
     else:
         rows["status"] = "all chunks done, pyramid not written (finish with --resume)"
     rows["levels"] = shapes
-    rows["mpp"] = f"{d['mpp']:.4g} µm/px" if d.get("mpp") else "unknown"
-    rows["classes"] = ", ".join(f"{c['value']} {c['name']}" for c in d.get("classes", []))
+    rows["mpp"] = f"{mpp:.4g} µm/px" if _number(mpp) else "unknown"
+    rows["classes"] = ", ".join(f"{c.get('value')} {c.get('name')}" for c in map(_obj, _list(d.get("classes"))))
     rows["probabilities"] = "yes" if d.get("probabilities") else "no"
-    mc = made.get("model_config", {})
+    mc = _obj(made.get("model_config"))
     if mc:
-        trained = (made.get("model_metadata") or {}).get("trained", True)
+        trained = _obj(made.get("model_metadata")).get("trained", True)
         rows["model"] = (f"U-Net depth {mc.get('depth')}, width {mc.get('width')}, {mc.get('padding')} padding"
                          f"{'' if trained else ' (untrained)'}, weights sha256 {str(made.get('weights_sha256'))[:12]}")
-    if made.get("engine"):
-        rows["engine"] = ", ".join(f"{k}={v}" for k, v in made["engine"].items())
-    if made.get("source"):
-        rows["source"] = f"{made['source'].get('path')} (level {made['source'].get('level')})"
+    if engine := _obj(made.get("engine")):
+        rows["engine"] = ", ".join(f"{k}={v}" for k, v in engine.items())
+    if source := _obj(made.get("source")):
+        rows["source"] = f"{source.get('path')} (level {source.get('level')})"
     if made.get("version"):
         rows["made by"] = f"slideseg {made['version']}"
     return rows
+
+
+def _obj(value: Any) -> dict[str, Any]:
+    """``value`` if it is an object (a dict), else an empty one."""
+    return value if isinstance(value, dict) else {}
+
+
+def _list(value: Any) -> list[Any]:
+    """``value`` if it is a list, else an empty one."""
+    return value if isinstance(value, list) else []
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _shape(shape: Any) -> str:
+    """``"100x200"``, or ``"missing"`` for a level that is not there."""
+    return "x".join(str(n) for n in shape) if isinstance(shape, list | tuple) else "missing"
 
 
 def _package_summary(d: dict[str, Any]) -> dict[str, str]:

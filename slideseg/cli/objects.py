@@ -11,6 +11,8 @@ import typer
 
 from slideseg.cli._app import _friendly_errors, _given, app, err, out
 
+_SCALE = "Scale-out (cluster)"
+
 
 class _PassProgress:
     """Draws each pass of an ``objects`` run as its own progress bar (an ``Observer``)."""
@@ -50,11 +52,30 @@ def objects(
     slide: Annotated[Path | None, typer.Option(
         help="Slide to measure channel means and deviations on. (default: the one recorded in the mask, if it "
              "is there)")] = None,
-    workers: Annotated[int | None, typer.Option(
-        help="Run on a local cluster of this many worker processes. (default: threads in this process)")] = None,
     resume: Annotated[bool | None, typer.Option("--resume", help="Finish an interrupted run.")] = None,
     overwrite: Annotated[bool | None, typer.Option(
         "--overwrite", help="Replace an existing instance image and table.")] = None,
+    workers: Annotated[int | None, typer.Option(
+        help="Run on a local cluster of this many worker processes. (default: threads in this process)",
+        rich_help_panel=_SCALE)] = None,
+    io_threads: Annotated[int | None, typer.Option(
+        help="Threads per worker labelling and writing units. (default: 2)", rich_help_panel=_SCALE)] = None,
+    scheduler_file: Annotated[Path | None, typer.Option(
+        help="Use the running Dask cluster of this scheduler file.", rich_help_panel=_SCALE)] = None,
+    scheduler_address: Annotated[str | None, typer.Option(
+        help="Use the running Dask scheduler at tcp://host:port.", rich_help_panel=_SCALE)] = None,
+    cluster: Annotated[str | None, typer.Option(
+        help="slurm | pbs: start workers as batch jobs (needs slideseg\\[hpc]).", rich_help_panel=_SCALE)] = None,
+    jobs: Annotated[int | None, typer.Option(
+        help="Batch jobs (one worker each). (default: 1)", rich_help_panel=_SCALE)] = None,
+    cores: Annotated[int | None, typer.Option(help="Cores per job. (default: 8)", rich_help_panel=_SCALE)] = None,
+    memory: Annotated[str | None, typer.Option(help="Memory per job. (default: 32GB)", rich_help_panel=_SCALE)] = None,
+    walltime: Annotated[str | None, typer.Option(
+        help="Walltime per job. (default: 04:00:00)", rich_help_panel=_SCALE)] = None,
+    queue: Annotated[str | None, typer.Option(help="Partition or queue.", rich_help_panel=_SCALE)] = None,
+    account: Annotated[str | None, typer.Option(help="Account or project.", rich_help_panel=_SCALE)] = None,
+    interface: Annotated[str | None, typer.Option(
+        help="Scheduler network interface (e.g. ib0).", rich_help_panel=_SCALE)] = None,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show progress.")] = True,
 ) -> None:
     """Label every object of the mask exactly as one pass over the whole mask would (ids 1, 2, ... in
@@ -62,7 +83,8 @@ def objects(
     MASK/objects, and measure each one into a Parquet table.
 
     Objects are the connected regions of each class. The mask is processed chunk by chunk in two
-    passes, so memory does not grow with the slide; --resume finishes a killed run.
+    passes, so memory does not grow with the slide; --resume finishes a killed run. The chunks run
+    as Dask tasks where predict's do: threads here, --workers, or a running cluster.
     """
     from slideseg.schedule.cluster import ClusterConfig
     from slideseg.tools.objects import ObjectsConfig
@@ -71,14 +93,19 @@ def objects(
     cfg = ObjectsConfig(**_given(min_area=min_area, connectivity=connectivity, classes=classes,
                                  slide=str(slide) if slide else None, table=str(table) if table else None, csv=csv,
                                  resume=resume, overwrite=overwrite))
-    cluster = ClusterConfig(**_given(workers=workers))
+    cc = ClusterConfig(**_given(
+        threads=io_threads, workers=workers, scheduler_file=str(scheduler_file) if scheduler_file else None,
+        scheduler_address=scheduler_address, cluster=cluster, jobs=jobs, cores=cores, memory=memory,
+        walltime=walltime, queue=queue, account=account, interface=interface))
     with ExitStack() as stack:
-        result = run(mask, cfg, cluster, _PassProgress(stack, progress))
+        result = run(mask, cfg, cc, _PassProgress(stack, progress))
     per_class = ", ".join(f"{n} {name}" for name, n in result.per_class.items()) or "none"
     dropped = f", {result.dropped} under --min-area dropped" if result.dropped else ""
+    resumed = f"; {result.units_already_done} of {result.units} units were done already" \
+        if result.units_already_done else ""
     out.print(f"wrote {result.objects} objects ({per_class}{dropped}) to {result.instances} and {result.table}"
               f"{f' and {result.csv}' if result.csv else ''} in {result.seconds:.1f} s "
-              f"({result.objects_per_second:.0f} objects/s, {result.megapixels_per_second:.1f} MP/s)",
+              f"({result.objects_per_second:.0f} objects/s, {result.megapixels_per_second:.1f} MP/s){resumed}",
               highlight=False)
     for note in result.notes:
         err.print(f"slideseg: {note}", highlight=False)

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from scipy import ndimage
 
 from slideseg.errors import ConfigError, OutputFormatError
 from slideseg.io.guard import reading
@@ -125,6 +124,8 @@ def classify(image: np.ndarray) -> tuple[np.ndarray, str, float]:
 
 def clean(mask: np.ndarray) -> np.ndarray:
     """Close small gaps, fill holes, drop specks, then grow by two pixels as a safety margin."""
+    from scipy import ndimage  # here: the thumbnail readers of this module serve light commands (preview)
+
     if not mask.any():
         return mask
     pad = 3  # closing erodes from the border too: pad by replicating the edge, then crop

@@ -1,5 +1,6 @@
-"""What must hold before a run touches its output: no output path is an input, and a resumed
-output was made by the same computation from the same slide (:func:`resume_conflicts`).
+"""What must hold before a run touches its output: no output path is an input, a resumed
+output was made by the same computation from the same slide (:func:`resume_conflicts`), and what
+``--objects`` will write after the mask can be written (:func:`check_objects_outputs`).
 """
 
 from __future__ import annotations
@@ -15,10 +16,12 @@ from typing import Any
 
 import numpy as np
 
-from slideseg.errors import ConfigError, OutputWriteError, SlideSegError
+from slideseg.errors import ConfigError, OutputExistsError, OutputWriteError, SlideSegError
 from slideseg.io.formats import slide_stem
 from slideseg.predict.config import OUTPUT_FIELDS, PredictConfig
 from slideseg.schedule.chunks import RegionReader
+from slideseg.tools.objects import default_table
+from slideseg.write.instances import instances_record
 
 
 def check_resumable(output: Path, attrs: Mapping[str, Any], existing: Mapping[str, Any]) -> None:
@@ -107,6 +110,40 @@ def check_paths(slide: Path, output: Path, cfg: PredictConfig, inputs: Sequence[
         if png in read or any(png in r.parents for r in read):
             raise ConfigError(f"--preview would write {png}, which is an input of this run; choose another -o "
                               f"name (e.g. -o {slide_stem(output)}-mask.zarr) or drop --preview.")
+
+
+def check_objects_outputs(output: Path, cfg: PredictConfig) -> None:
+    """With ``--objects``, refuse now what ``objects`` would refuse once the mask is written: an
+    object table from another run where the table goes (``MASK.objects.parquet``) without
+    ``--overwrite``, or an ``objects/`` inside the output that slideseg did not write.
+
+    What ``--objects`` then does: with ``--overwrite`` it makes the objects again (the mask is
+    replaced with its ``objects/``, and the table); otherwise the objects of a complete run are
+    kept and an interrupted one is finished; a new output gets new objects.
+
+    Raises
+    ------
+    OutputExistsError
+        The table exists and there are no objects in the output it could belong to.
+    OutputFormatError
+        ``MASK/objects`` exists but is not slideseg's.
+    ConfigError
+        The table's name is a directory.
+    """
+    if not cfg.objects or (output.exists() and not (cfg.resume or cfg.overwrite)):
+        return  # no objects, or predict itself refuses the existing output
+    table = default_table(output, label=cfg.into is not None)
+    if table.is_dir():
+        raise ConfigError(f"--objects would write the object table {table}, which is a directory; move it away")
+    if cfg.overwrite:
+        return
+    if output.is_dir() and instances_record(output) is not None:
+        return  # objects of this mask, complete (kept) or interrupted (finished)
+    if table.exists():
+        fix = (f"move it away, or drop --objects and run `slideseg objects {output} --overwrite` after this run"
+               if cfg.resume else "pass --overwrite to replace it, or move it away")
+        raise OutputExistsError(f"--objects would write the object table {table}, which exists from another run; "
+                                f"{fix}")
 
 
 def slide_fingerprint(path: Path, reader: RegionReader) -> dict[str, Any]:

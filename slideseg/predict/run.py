@@ -39,6 +39,7 @@ from slideseg.model.files import read_model_config
 from slideseg.plan.geometry import Geometry
 from slideseg.plan.tiles import Plan, plan_slide
 from slideseg.predict.checks import (
+    check_objects_outputs,
     check_paths,
     check_resumable,
     check_writable,
@@ -157,6 +158,7 @@ def predict_one(client: Any, slide_path: Path, output: Path, key: EngineKey, cfg
     ``inputs``: the other files of the run, which no output may land on."""
     t0 = time.perf_counter()
     check_paths(slide_path, output, cfg, inputs=(Path(key.model_path), *inputs))
+    check_objects_outputs(output, cfg)
     resources: dict[str, float] | None = {"GPU": 1.0} if wants_gpu(cfg) else None
     client.register_plugin(preload_plugin(key))
     info = client.submit(_engine_info, key, pure=False, resources=resources).result()

@@ -82,7 +82,23 @@ def _dask_log_level() -> int:
 
 @contextmanager
 def dask_client(cc: ClusterConfig, gpu: bool = False) -> Iterator[Any]:
-    """A ``distributed.Client`` for ``cc``; clusters it started are closed on exit."""
+    """A ``distributed.Client`` for ``cc``; clusters it started are closed on exit.
+
+    Dask's in-memory developer logs are kept short: they hold the arguments of recent tasks (a chunk's
+    relabel table, for instance) and would otherwise grow the client's memory with the number of tasks.
+    """
+    import dask
+    import distributed  # noqa: F401  (its config defaults must be loaded before they are changed)
+
+    with dask.config.set(_SHORT_LOGS), _client(cc, gpu) as client:
+        yield client
+
+
+_SHORT_LOGS = {"distributed.admin.low-level-log-length": 50, "distributed.admin.log-length": 1000}
+
+
+@contextmanager
+def _client(cc: ClusterConfig, gpu: bool) -> Iterator[Any]:
     from distributed import Client, LocalCluster
 
     if cc.scheduler_file or cc.scheduler_address:

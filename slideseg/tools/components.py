@@ -17,10 +17,14 @@ in or the number of workers. The work is three steps over blocks:
 3. :func:`relabel_block` (any order, in parallel): label the block again (labelling is
    deterministic) and map it: what it returns is final.
 
-Per-object pixel sums (:class:`Sums`: counts, centroids and second moments, bounding boxes, edge
-counts, means and variances of values) are computed per block by :func:`block_sums` and merged per
-id by :func:`merge_sums` (the pairwise update of Chan et al.), so the statistics of objects that
-cross blocks are exact too.
+The statistics of the objects (sums over their pixels, merged exactly across blocks) are in
+:mod:`slideseg.tools.pixel_sums`.
+
+Where a mask is read once, top to bottom, in full-width stripes (the polygon tracer of
+:mod:`slideseg.tools.trace`), :class:`StripeStitcher` is the one-pass form of the same stitching:
+it names each region by the raster key of its first pixel, joins regions across each seam with the
+same rule as :func:`stitch`, and says which regions end with each stripe, holding only the last
+row of the stripe before.
 
 >>> mask = np.array([[1, 1, 0, 2],
 ...                  [0, 1, 0, 2],
@@ -44,16 +48,14 @@ from scipy.sparse.csgraph import connected_components
 from slideseg.errors import ConfigError
 from slideseg.plan.tiles import grid_boxes
 
-__all__ = ["MAX_OBJECTS", "BlockIds", "BlockSummary", "LabelSpec", "Numbering", "Stitched", "Sums", "SumsMerger",
-           "block_sums", "edge_counts", "label_block", "label_blocks", "label_image", "merge_sums", "relabel_block",
-           "stitch", "summarise_block", "unit_sums"]
+__all__ = ["MAX_OBJECTS", "BlockIds", "BlockSummary", "LabelSpec", "Numbering", "Stitched", "Stripe", "StripeStitcher",
+           "label_block", "label_blocks", "label_image", "relabel_block", "stitch", "summarise_block"]
 
 MAX_OBJECTS = 2**32 - 1
 """Most objects a uint32 instance image can number (0 is the background)."""
 
 I64 = NDArray[np.int64]
 I32 = NDArray[np.int32]
-F64 = NDArray[np.float64]
 Box = tuple[int, int, int, int]
 ReadBlock = Callable[[int, int, int, int], np.ndarray]
 """``read(y0, y1, x0, x1) -> (y1 - y0, x1 - x0)`` label values of the mask."""
@@ -94,28 +96,50 @@ def label_block(block: np.ndarray, spec: LabelSpec) -> tuple[I32, I64, I64]:
     Local labels 1..n are numbered in raster order of their first pixel; ``first`` holds those
     pixels as flat indices into the block and ``values`` the label value of each.
     """
-    if block.ndim != 2 or block.dtype.kind not in "iub":
-        raise ConfigError(f"expected a 2-D integer label block, got {block.dtype} {block.shape}")
-    selected = _present(block, spec.values)
-    groups = [[v] for v in selected] if spec.by_class else [selected] if selected else []
-    labels = np.zeros(block.shape, np.int32)
-    values, first = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
-    for group in groups:
-        lab, _ = ndimage.label(block == group[0] if len(group) == 1 else np.isin(block, group), spec.structure,
-                               output=np.int32)
-        idx = np.flatnonzero(lab)
-        _, starts = np.unique(lab.ravel()[idx], return_index=True)  # first pixel of labels 1..k
-        offset = sum(len(f) for f in first)
-        labels += np.where(lab > 0, lab + offset, 0).astype(np.int32) if offset else lab
-        first.append(idx[starts].astype(np.int64))
-        values.append(block.ravel()[first[-1]].astype(np.int64))
-    firsts, vals = np.concatenate(first), np.concatenate(values)
-    order = np.argsort(firsts, kind="stable")
+    labels, values, first = _label_values(block, spec)
+    order = np.argsort(first, kind="stable")
     if np.any(order != np.arange(len(order))):  # several values: number all labels in raster order
         remap = np.zeros(len(order) + 1, np.int32)
         remap[1 + order] = np.arange(1, len(order) + 1, dtype=np.int32)
-        labels, firsts, vals = remap[labels], firsts[order], vals[order]
-    return labels, vals, firsts
+        labels, first, values = remap[labels], first[order], values[order]
+    return labels, values, first
+
+
+def _label_values(block: np.ndarray, spec: LabelSpec) -> tuple[I32, I64, I64]:
+    """:func:`label_block` with the labels numbered value by value (ascending), each value's in
+    raster order of their first pixel: what stitching needs, without renumbering the block."""
+    if block.ndim != 2 or block.dtype.kind not in "iub":
+        raise ConfigError(f"expected a 2-D integer label block, got {block.dtype} {block.shape}")
+    labels: I32 | None = None
+    values, first = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
+    n = 0
+    for selected in _selections(block, spec):
+        if not selected.any():
+            continue
+        lab, k = ndimage.label(selected, spec.structure, output=np.int32)
+        first.append(_first_pixels(lab))
+        values.append(block.ravel()[first[-1]].astype(np.int64))
+        if labels is None:
+            labels = lab
+        else:  # the selections do not overlap
+            np.add(labels, lab + n, out=labels, where=selected)
+        n += k
+    if labels is None:
+        labels = np.zeros(block.shape, np.int32)
+    return labels, np.concatenate(values), np.concatenate(first)
+
+
+def _selections(block: np.ndarray, spec: LabelSpec) -> Iterator[NDArray[np.bool_]]:
+    """The pixels of each selected value (ascending) in ``block``, one at a time; without
+    ``by_class``, all selected values at once."""
+    if spec.by_class and len(spec.values) <= 16:
+        yield from (block == v for v in spec.values)
+        return
+    selected = _present(block, spec.values)
+    if spec.by_class:
+        yield from (block == v for v in selected)
+    elif selected:
+        yield block == selected[0] if len(selected) == 1 else np.isin(block, selected)
 
 
 def _present(block: np.ndarray, values: tuple[int, ...]) -> list[int]:
@@ -125,6 +149,18 @@ def _present(block: np.ndarray, values: tuple[int, ...]) -> list[int]:
         return [v for v in values if v < len(counts) and counts[v]]
     found = set(np.unique(block).tolist())
     return [v for v in values if v in found]
+
+
+def _first_pixels(lab: I32) -> I64:
+    """Flat index of the first pixel (in raster order) of each label of ``lab``, by label. A first
+    pixel has no pixel of its label to its left or above it (those come earlier), so only such
+    pixels, a few per label, are sorted."""
+    candidate = lab > 0
+    candidate[:, 1:] &= lab[:, 1:] != lab[:, :-1]
+    candidate[1:] &= lab[1:] != lab[:-1]
+    idx = np.flatnonzero(candidate)
+    _, at = np.unique(lab.ravel()[idx], return_index=True)
+    return idx[at].astype(np.int64)
 
 
 @dataclass(frozen=True)
@@ -393,218 +429,113 @@ def label_image(mask: np.ndarray, spec: LabelSpec, *, block: int | None = None, 
     return out
 
 
-# ------------------------------------------------------------------------------ pixel sums
+
+# ------------------------------------------------------------------------------ stripes, in one pass
 
 
 @dataclass(frozen=True)
-class Sums:
-    """Per-object sums over some of their pixels (one block's, or all once merged): one row per
-    object. Coordinates are mask pixel indices (row ``y``, column ``x``); second moments and value
-    variances are kept as central sums (``m2``) so that merging them stays exact."""
+class Stripe:
+    """The regions of one stripe (:meth:`StripeStitcher.feed`).
 
-    ids: I64
-    value: I64
-    """The object's label value (its class)."""
-    count: I64
-    mean_y: F64
-    mean_x: F64
-    m2_yy: F64
-    m2_xx: F64
-    m2_xy: F64
-    """Sums of ``(y - mean_y)**2``, ``(x - mean_x)**2`` and ``(y - mean_y) * (x - mean_x)``."""
-    y_min: I64
-    y_max: I64
-    x_min: I64
-    x_max: I64
-    """Bounding box, inclusive."""
-    edges: I64
-    """Pixel edges between the object and another value or the outside of the mask."""
-    mean_v: F64
-    """(rows, K) mean of each value channel (K may be 0)."""
-    m2_v: F64
-    """(rows, K) sum of squared deviations from that mean."""
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def take(self, index: np.ndarray) -> Sums:
-        """The rows at ``index`` (an integer or boolean array)."""
-        return Sums(*(getattr(self, f.name)[index] for f in fields(self)))
-
-    def with_ids(self, ids: np.ndarray) -> Sums:
-        """The same rows under new ids."""
-        return Sums(np.asarray(ids, np.int64), *(getattr(self, f.name) for f in fields(self)[1:]))
-
-    def to_arrays(self) -> dict[str, np.ndarray]:
-        """The sums as named arrays (for ``np.savez``)."""
-        return {f.name: getattr(self, f.name) for f in fields(self)}
-
-    @classmethod
-    def from_arrays(cls, arrays: Any) -> Sums:
-        """The sums from :meth:`to_arrays` (or an ``np.load`` of it)."""
-        return cls(*(np.asarray(arrays[f.name]) for f in fields(cls)))
-
-    @classmethod
-    def concat(cls, parts: Sequence[Sums], channels: int = 0) -> Sums:
-        """All rows of ``parts``, one after another."""
-        if not parts:
-            empty: dict[str, Any] = {f.name: np.zeros(0, np.float64 if f.name.startswith(("mean", "m2")) else np.int64)
-                                     for f in fields(cls)}
-            return cls(**{**empty, "mean_v": np.zeros((0, channels)), "m2_v": np.zeros((0, channels))})
-        return cls(*(np.concatenate([getattr(p, f.name) for p in parts]) for f in fields(cls)))
-
-
-def edge_counts(padded: np.ndarray) -> NDArray[np.uint8]:
-    """For each inner pixel of ``padded`` ((h + 2, w + 2): a block with a one-pixel frame of its
-    neighbours, outside the mask a value no pixel has), how many of its 4 neighbours differ: (h, w).
-
-    >>> edge_counts(np.pad(np.array([[1, 1], [0, 1]]), 1, constant_values=-1)).tolist()
-    [[3, 2], [4, 3]]
+    A region is named by the raster key ``y * width + x`` of its first pixel among the rows fed so
+    far; once it is complete (:attr:`done`) that is its first pixel in the whole mask, so complete
+    regions sort in raster order of their first pixel, as :func:`label_image` numbers them.
     """
-    c = padded[1:-1, 1:-1]
-    out = (c != padded[:-2, 1:-1]).astype(np.uint8)
-    out += c != padded[2:, 1:-1]
-    out += c != padded[1:-1, :-2]
-    out += c != padded[1:-1, 2:]
-    return out
+
+    labels: I32
+    """(h, W) local labels 1..n of the stripe, value by value (0: not a selected value)."""
+    regions: I64
+    """(n + 1,) region of each local label (``regions[0]`` is -1)."""
+    above: I64
+    """(W,) region of each pixel of the row above the stripe, after this stripe's joins (-1: none)."""
+    joined: dict[int, int]
+    """Regions named before this stripe that this stripe joined to an older one: old name -> new name."""
+    done: I64
+    """Regions that end with this stripe (no pixel of theirs is in a later row), ascending."""
+    done_values: I64
+    """The label value of each region of :attr:`done` (that of its first pixel)."""
 
 
-def _bincount(index: np.ndarray, weights: np.ndarray, n: int) -> F64:
-    return np.asarray(np.bincount(index, weights, minlength=n), np.float64)
+class StripeStitcher:
+    """Connected components of a mask read once, top to bottom, in full-width stripes.
 
+    Each :meth:`feed` labels a stripe (:func:`label_block`), joins its first row to the regions of
+    the row above with the rule of :func:`stitch` (same value unless ``by_class`` is False,
+    adjacent under the connectivity) and says which regions end there. It holds the last row fed
+    and the regions open in it, nothing else; regions and where they end do not depend on the
+    stripe heights.
 
-def block_sums(labels: np.ndarray, values: I64, origin: tuple[int, int], *, edges: np.ndarray | None = None,
-               channels: np.ndarray | None = None) -> Sums:
-    """Sums of each local label 1..n of a block (rows in label order, ids = local labels).
-
-    Parameters
-    ----------
-    labels
-        (h, w) local labels of the block (:func:`label_block`).
-    values
-        (n,) label value of each local label.
-    origin
-        ``(y0, x0)`` of the block in the mask.
-    edges
-        (h, w) :func:`edge_counts` of the block, or None (edge sums are then 0).
-    channels
-        (h, w, K) values to average inside each object (slide channels, probabilities), or None.
+    >>> mask = np.array([[1, 0, 1],
+    ...                  [1, 1, 1],
+    ...                  [0, 0, 0],
+    ...                  [2, 2, 0]], np.uint8)
+    >>> st = StripeStitcher(mask.shape, LabelSpec((1, 2)))
+    >>> [(s.done.tolist(), s.joined) for s in (st.feed(mask[:1]), st.feed(mask[1:3]), st.feed(mask[3:]))]
+    [([], {}), ([0], {2: 0}), ([9], {})]
     """
-    n = len(values)
-    ys, xs = np.nonzero(labels)  # raster order
-    lab = labels[ys, xs]
-    count = np.bincount(lab, minlength=n + 1)
-    safe = np.maximum(count, 1)
-    my = _bincount(lab, ys, n + 1) / safe  # local, relative to the block: small numbers
-    mx = _bincount(lab, xs, n + 1) / safe
-    dy, dx = ys - my[lab], xs - mx[lab]
-    y_min, y_max = np.full(n + 1, np.iinfo(np.int64).max), np.full(n + 1, -1)
-    x_min, x_max = y_min.copy(), y_max.copy()
-    np.minimum.at(y_min, lab, ys)
-    np.maximum.at(y_max, lab, ys)
-    np.minimum.at(x_min, lab, xs)
-    np.maximum.at(x_max, lab, xs)
-    k = 0 if channels is None else channels.shape[2]
-    mean_v, m2_v = np.zeros((n, k)), np.zeros((n, k))
-    for c in range(k):
-        assert channels is not None
-        v = channels[ys, xs, c].astype(np.float64)
-        mv = _bincount(lab, v, n + 1) / safe
-        mean_v[:, c] = mv[1:]
-        m2_v[:, c] = _bincount(lab, (v - mv[lab]) ** 2, n + 1)[1:]
-    e = np.zeros(n, np.int64) if edges is None else _bincount(lab, edges[ys, xs], n + 1)[1:]
-    y0, x0 = origin
-    return Sums(np.arange(1, n + 1, dtype=np.int64), np.asarray(values, np.int64), count[1:].astype(np.int64),
-                my[1:] + y0, mx[1:] + x0, _bincount(lab, dy * dy, n + 1)[1:],
-                _bincount(lab, dx * dx, n + 1)[1:], _bincount(lab, dy * dx, n + 1)[1:],
-                y_min[1:] + y0, y_max[1:] + y0, x_min[1:] + x0, x_max[1:] + x0, np.rint(e).astype(np.int64),
-                mean_v, m2_v)
+
+    def __init__(self, shape: tuple[int, int], spec: LabelSpec) -> None:
+        h, w = int(shape[0]), int(shape[1])
+        if min(h, w) < 1:
+            raise ConfigError(f"a {h} x {w} mask; expected a non-empty one")
+        self.shape, self.spec = (h, w), spec
+        self.rows = 0
+        """Rows fed so far."""
+        self._last = np.full(w, -1, np.int64)  # region of each pixel of the last row fed (-1: none)
+        self._last_values = np.zeros(w, np.int64)  # that row's label values
+        self._open = np.zeros(0, np.int64)  # regions in that row, ascending
+        self._open_values = np.zeros(0, np.int64)  # their values
+
+    def feed(self, block: np.ndarray) -> Stripe:
+        """The regions of the next stripe ``block`` ((h, W) label values, the rows after those fed)."""
+        h, w = self.shape
+        if block.ndim != 2 or block.shape[1] != w or not 1 <= block.shape[0] <= h - self.rows:
+            raise ValueError(f"a stripe of shape {block.shape} after row {self.rows} of a {h} x {w} mask; expected "
+                             f"(1..{h - self.rows}, {w})")
+        labels, values, first = _label_values(block, self.spec)
+        m = len(self._open)  # nodes: the open regions 0..m-1, then the stripe's labels m..m+n-1
+        node_above = np.searchsorted(self._open, self._last)
+        node_above[self._last < 0] = -1
+        node_row = labels[0].astype(np.int64) + (m - 1)
+        node_row[labels[0] == 0] = -1
+        pairs = _joins((node_above, self._last_values), (node_row, block[0].astype(np.int64)), self.spec)
+        key = np.concatenate([self._open, self.rows * w + first])  # each node's first pixel so far
+        node_value = np.concatenate([self._open_values, values])
+        comp_key, comp_value, region = _merge_nodes(pairs, key, node_value)
+        changed = np.flatnonzero(region[:m] != self._open)
+        joined = dict(zip(self._open[changed].tolist(), region[changed].tolist(), strict=True))
+        regions = np.concatenate([np.full(1, -1, np.int64), region[m:]])
+        above = np.full(w, -1, np.int64)
+        above[node_above >= 0] = region[node_above[node_above >= 0]]
+        bottom = regions[labels[-1]]
+        self.rows += block.shape[0]
+        still = np.unique(bottom[bottom >= 0]) if self.rows < h else np.zeros(0, np.int64)
+        order = np.argsort(comp_key)
+        done = np.setdiff1d(comp_key, still, assume_unique=True)
+
+        def value_of(names: I64) -> I64:
+            return comp_value[order[np.searchsorted(comp_key, names, sorter=order)]]
+
+        self._last, self._last_values = bottom, block[-1].astype(np.int64)
+        self._open, self._open_values = still, value_of(still)
+        return Stripe(labels, regions, above, joined, done, value_of(done))
 
 
-def merge_sums(parts: Sums) -> Sums:
-    """One row per id (ascending) from rows that may repeat ids (parts of one object in several
-    blocks, or several local labels of one object in a block): counts, edges and extremes add up,
-    means are count-weighted and central sums take the pairwise update
-    ``m2 = sum(m2_p + n_p * (mean_p - mean) ** 2)``."""
-    if len(parts) == 0:
-        return parts
-    order = np.argsort(parts.ids, kind="stable")
-    p = parts.take(order)
-    ids, starts, inv = np.unique(p.ids, return_index=True, return_inverse=True)
-    if len(ids) == len(p):
-        return p
-    n = np.add.reduceat(p.count, starts)
-    w = p.count.astype(np.float64)
-
-    def mean(m: F64) -> F64:
-        return _bincount(inv, w * m, len(ids)) / n
-
-    my, mx = mean(p.mean_y), mean(p.mean_x)
-    dy, dx = p.mean_y - my[inv], p.mean_x - mx[inv]
-
-    def central(m2: F64, d1: F64, d2: F64) -> F64:
-        return _bincount(inv, m2 + w * d1 * d2, len(ids))
-
-    k = p.mean_v.shape[1]
-    mean_v = np.zeros((len(ids), k))
-    m2_v = np.zeros((len(ids), k))
-    for c in range(k):
-        mean_v[:, c] = mean(p.mean_v[:, c])
-        d = p.mean_v[:, c] - mean_v[inv, c]
-        m2_v[:, c] = central(p.m2_v[:, c], d, d)
-    return Sums(ids, p.value[starts], n, my, mx, central(p.m2_yy, dy, dy), central(p.m2_xx, dx, dx),
-                central(p.m2_xy, dy, dx), np.minimum.reduceat(p.y_min, starts), np.maximum.reduceat(p.y_max, starts),
-                np.minimum.reduceat(p.x_min, starts), np.maximum.reduceat(p.x_max, starts),
-                np.add.reduceat(p.edges, starts), mean_v, m2_v)
-
-
-def unit_sums(labels: np.ndarray, values: I64, ids: BlockIds, origin: tuple[int, int], *,
-              edges: np.ndarray | None = None, channels: np.ndarray | None = None) -> tuple[Sums, NDArray[np.uint32]]:
-    """The sums of one block's objects by global id (dropped objects left out), and the number of
-    blocks each object spans (for :class:`SumsMerger`); arguments as :func:`block_sums`."""
-    local = block_sums(labels, values, origin, edges=edges, channels=channels)
-    keep = ids.mapping[1:] > 0
-    gids = ids.mapping[1:][keep].astype(np.int64)
-    _, first = np.unique(gids, return_index=True)
-    return merge_sums(local.take(keep).with_ids(gids)), ids.spans[1:][keep][first]
-
-
-class SumsMerger:
-    """Merges blocks' sums (:func:`unit_sums`, blocks in any order) into whole objects: an object
-    that spans ``k`` blocks is returned by the :meth:`add` of its ``k``-th part; until then its
-    parts wait here, so memory follows the objects that cross block borders."""
-
-    def __init__(self) -> None:
-        self._pending: list[Sums] = []
-        self._missing: dict[int, int] = {}  # id -> parts not yet added
-
-    @property
-    def open(self) -> int:
-        """Objects with parts still to come."""
-        return len(self._missing)
-
-    def add(self, sums: Sums, spans: np.ndarray) -> Sums:
-        """Add one block's sums; return the objects now complete (any order)."""
-        whole, multi = sums.take(spans == 1), spans > 1
-        if not multi.any():
-            return whole
-        part = sums.take(multi)
-        done = []
-        for i, k in zip(part.ids.tolist(), spans[multi].tolist(), strict=True):
-            left = self._missing.get(i, int(k)) - 1
-            if left:
-                self._missing[i] = left
-            else:
-                self._missing.pop(i, None)
-                done.append(i)
-        self._pending.append(part)
-        if not done:
-            return whole
-        parts = Sums.concat(self._pending)
-        ready = np.isin(parts.ids, done)
-        self._pending = [parts.take(~ready)]
-        return Sums.concat([whole, merge_sums(parts.take(ready))])
-
+def _merge_nodes(pairs: I64, key: I64, value: I64) -> tuple[I64, I64, I64]:
+    """Connected components of nodes joined by ``pairs`` (keys ``a << 32 | b``): each component's
+    smallest ``key`` (its name) and the ``value`` of the node holding it, and each node's name."""
+    n = len(key)
+    if len(pairs) == 0:
+        return key, value, key
+    graph = coo_matrix((np.ones(len(pairs), np.int8), (pairs >> 32, pairs & 0xFFFFFFFF)), shape=(n, n))
+    _, labels = connected_components(graph.tocsr(), directed=False)
+    comp = np.asarray(labels, np.int64)
+    comp_key = np.full(int(comp.max()) + 1, np.iinfo(np.int64).max, np.int64)
+    np.minimum.at(comp_key, comp, key)
+    holder = np.flatnonzero(key == comp_key[comp])  # one node per component holds its smallest key
+    comp_value = np.zeros(len(comp_key), np.int64)
+    comp_value[comp[holder]] = value[holder]
+    return comp_key, comp_value, comp_key[comp]
 
 def _summary(labels: I32, values: I64, first: I64, box: Box, width: int) -> BlockSummary:
     y0, _, x0, _ = box

@@ -30,7 +30,7 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy import ndimage
 
-from slideseg.errors import ConfigError, OutputFormatError, SlideReadError, TrainingDataError
+from slideseg.errors import ConfigError, OutputFormatError, TrainingDataError
 from slideseg.io.images import open_mask
 from slideseg.tools.components import LabelSpec, label_blocks
 from slideseg.write.mask import describe_mask
@@ -335,7 +335,7 @@ def _prediction_names(pred: Path) -> dict[int, str]:
     (PNG, TIFF, a plain Zarr array), which are evaluated as they are."""
     try:
         info = describe_mask(pred)
-    except (SlideReadError, OutputFormatError):
+    except OutputFormatError:  # not a slideseg mask; a damaged one is refused (SlideReadError)
         return {}
     if not info["complete"]:
         done = f"{info['chunks_done']} of {info['chunks_total']} chunks" if info["chunks_total"] else "not finished"

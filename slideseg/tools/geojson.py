@@ -19,17 +19,21 @@ import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
 
-from slideseg.errors import ConfigError, OutputExistsError, OutputFormatError
+from slideseg.errors import ConfigError, OutputExistsError, OutputFormatError, SlideReadError
+from slideseg.io.checks import check_block
+from slideseg.io.guard import reading
 from slideseg.io.slide import open_slide
 from slideseg.tools.trace import Polygon, iter_polygons, trace_polygons
 from slideseg.write.instances import instances_record
 from slideseg.write.labels import ParentLevels
 from slideseg.write.mask import OBJECTS, MaskLevels, read_mask
+from slideseg.write.mask_meta import read_rows
 
 __all__ = [
     "OBJECT_BAND_ROWS",
@@ -141,7 +145,7 @@ def export_geojson(mask_path: str | os.PathLike[str], output: str | os.PathLike[
     shape = (int(array.shape[0]), int(array.shape[1]))
     sx, sy = traced.sx, traced.sy
     rows = _stripe_rows(shape[1], int(array.chunks[0]))
-    polygons = iter_polygons(lambda y0, y1: np.asarray(array[y0:y1]), shape, values, rows)
+    polygons = iter_polygons(partial(read_rows, array, path=mask_path, what=f"level {level}"), shape, values, rows)
     meta = {"mask": str(Path(mask_path).resolve()), "level": level, "scale_to_level0": [sx, sy],
             "scale_how": scale.how, "min_area": min_area, "object_type": kind}
     counts = dict.fromkeys((names[v] for v in values), 0)
@@ -185,21 +189,29 @@ def _export_objects(mask: MaskLevels, out: Path, level: int, min_area: float,
         raise OutputFormatError(f"{mask.path} {state}; expected the objects of the mask: run `slideseg objects "
                                 f"{mask.path}` first")
     table = Path(str(record.get("table", "")))
-    source = pq.ParquetFile(table, pre_buffer=False) if table.is_file() else None
-    meta = json.loads((source.schema_arrow.metadata or {}).get(b"slideseg", b"{}")) if source else {}
+    with reading(table, "read the object table {path}"):
+        source = pq.ParquetFile(table, pre_buffer=False) if table.is_file() else None
+        meta = json.loads((source.schema_arrow.metadata or {}).get(b"slideseg", b"{}")) if source else {}
     if source is None or meta.get("mask_record_sha256") != record.get("mask_record_sha256") or \
             meta.get("objects") != record.get("objects"):
         raise OutputFormatError(f"the object table {table} is missing or not that of {mask.path / OBJECTS}; expected "
                                 f"the table slideseg objects wrote with it: run `slideseg objects {mask.path} "
                                 "--overwrite`")
-    sx, sy = float(record["level0_scale"]["sx"]), float(record["level0_scale"]["sy"])
-    scale = Level0Scale(sx, sy, str(record["level0_scale"].get("how", "")))
+    scale = _objects_scale(record, mask.path)
+    sx, sy = scale.sx, scale.sy
     names = mask.names
     colours = {c.value: list(c.rgba[:3]) for c in mask.classes}
     values = set(parse_classes(classes, names))
     namespace = objects_namespace(record)
-    instances = zarr.open_array(mask.path / OBJECTS / "0", mode="r")
-    band = _RowBand(instances, max(OBJECT_BAND_ROWS, STRIPE_PIXELS // max(int(instances.shape[1]), 1)))
+    where = mask.path / OBJECTS / "0"
+    with reading(where, "open the instance image {path}"):
+        instances = zarr.open_array(where, mode="r")
+    if instances.ndim != 2 or tuple(instances.shape) != tuple(mask.levels[0].shape) or instances.dtype != np.uint32:
+        raise SlideReadError(f"{where} is {instances.dtype} {tuple(instances.shape)}; expected uint32 "
+                             f"{tuple(mask.levels[0].shape)} (the mask's level 0): it is damaged: run `slideseg "
+                             f"objects {mask.path} --overwrite`")
+    check_block(instances.chunks, 4, where, "a chunk of the instance image")
+    band = _RowBand(instances, max(OBJECT_BAND_ROWS, STRIPE_PIXELS // max(int(instances.shape[1]), 1)), where)
     counts = dict.fromkeys((names[v] for v in sorted(values)), 0)
     dropped = 0
     tmp = out.with_name(f".{out.name}.tmp")
@@ -226,6 +238,18 @@ def _export_objects(mask: MaskLevels, out: Path, level: int, min_area: float,
     finally:
         tmp.unlink(missing_ok=True)
     return GeoJSONResult(out, 0, writer.features, counts, dropped, scale, time.perf_counter() - t0)
+
+
+def _objects_scale(record: Mapping[str, Any], mask: Path) -> Level0Scale:
+    """The scale to slide level 0 that ``slideseg objects`` recorded, checked."""
+    scale = record.get("level0_scale")
+    sx, sy = (scale.get("sx"), scale.get("sy")) if isinstance(scale, Mapping) else (None, None)
+    if not all(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) and v > 0
+               for v in (sx, sy)):
+        raise SlideReadError(f"{mask / OBJECTS}: its record's level0_scale is {scale!r:.80}; expected "
+                             f"{{'sx': number > 0, 'sy': number > 0}}: run `slideseg objects {mask} --overwrite`")
+    assert isinstance(scale, Mapping)
+    return Level0Scale(float(sx), float(sy), str(scale.get("how", "")))  # type: ignore[arg-type]
 
 
 def objects_namespace(record: Mapping[str, Any]) -> uuid.UUID:
@@ -263,8 +287,8 @@ class _RowBand:
     object's box. Objects taller than the band are traced from the image in stripes.
     """
 
-    def __init__(self, array: Any, rows: int) -> None:
-        self.array, self.rows = array, rows
+    def __init__(self, array: Any, rows: int, path: Path) -> None:
+        self.array, self.rows, self.path = array, rows, path
         self.y0, self.y1 = 0, 0
         self.data = np.zeros((0, int(array.shape[1])), np.uint32)
 
@@ -274,14 +298,16 @@ class _RowBand:
         if y1 - y0 <= self.rows:
             if not (self.y0 <= y0 and y1 <= self.y1):
                 self.y0, self.y1 = y0, min(int(self.array.shape[0]), y0 + self.rows)
-                self.data = np.asarray(self.array[self.y0:self.y1])
+                self.data = read_rows(self.array, self.y0, self.y1, self.path, "the instance image")
             window = self.data[y0 - self.y0:y1 - self.y0, x0:x1]
             found = trace_polygons((window == oid).view(np.uint8), [1])
         else:
             stripe = max(1, STRIPE_PIXELS // max(x1 - x0, 1))
 
             def read(a: int, b: int) -> np.ndarray:
-                return (np.asarray(self.array[y0 + a:y0 + b, x0:x1]) == oid).view(np.uint8)
+                with reading(self.path, f"read rows {y0 + a}:{y0 + b} of the instance image {{path}}"):
+                    block = np.asarray(self.array[y0 + a:y0 + b, x0:x1])
+                return (block == oid).view(np.uint8)
 
             found = list(iter_polygons(read, (y1 - y0, x1 - x0), [1], stripe))
         if not found:
@@ -460,8 +486,14 @@ def _coordinates(poly: Polygon, sx: float, sy: float) -> list[Any]:
 
 
 def _stripe_rows(width: int, chunk_rows: int) -> int:
-    """Rows per stripe: at most STRIPE_PIXELS, whole chunk rows when that fits (each read once)."""
+    """Rows per stripe: at most STRIPE_PIXELS, whole chunk rows when that fits (each read once).
+
+    >>> _stripe_rows(1000, 1024), _stripe_rows(1000, 3000), _stripe_rows(1000, 0)
+    (4096, 3000, 4194)
+    """
     rows = max(1, STRIPE_PIXELS // max(width, 1))
+    if chunk_rows < 1:  # read_mask refuses such chunks; never divide by them
+        return rows
     return rows // chunk_rows * chunk_rows if rows >= chunk_rows else rows
 
 

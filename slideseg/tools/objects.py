@@ -49,15 +49,12 @@ from slideseg.tools.components import (
     BlockSummary,
     LabelSpec,
     Numbering,
-    Sums,
-    SumsMerger,
-    edge_counts,
     relabel_block,
     stitch,
     summarise_block,
-    unit_sums,
 )
 from slideseg.tools.geojson import Level0Scale, level0_scale, parse_classes
+from slideseg.tools.pixel_sums import Sums, SumsMerger, edge_counts, unit_sums
 from slideseg.write.instances import (
     COLUMNS,
     InstanceWriter,
@@ -71,7 +68,7 @@ from slideseg.write.instances import (
 )
 from slideseg.write.mask import OBJECTS, PROBABILITIES, MaskLevels, read_mask
 
-__all__ = ["COLUMNS", "ObjectsConfig", "ObjectsResult", "objects"]
+__all__ = ["COLUMNS", "ObjectsConfig", "ObjectsResult", "default_table", "objects"]
 
 _STAGING_MARK = "objects-run.json"
 
@@ -362,12 +359,22 @@ def _probabilities_shape(mask: MaskLevels) -> tuple[int, ...] | None:
 
 
 def _default_table(mask: MaskLevels) -> Path:
-    """``mask.objects.parquet`` beside ``mask.zarr``; ``IMAGE.NAME.objects.parquet`` beside an image
-    whose label (``IMAGE/labels/NAME``) the mask is."""
-    if "into" in mask.record:
-        image = mask.path.parent.parent
-        return image.parent / f"{slide_stem(image)}.{mask.path.name}.objects.parquet"
-    return mask.path.parent / f"{slide_stem(mask.path)}.objects.parquet"
+    return default_table(mask.path, label="into" in mask.record)
+
+
+def default_table(mask: str | os.PathLike[str], *, label: bool = False) -> Path:
+    """Where the object table of a mask goes unless ``table`` says: ``mask.objects.parquet`` beside
+    ``mask.zarr``; with ``label`` (the mask is the label ``IMAGE/labels/NAME`` of an image)
+    ``IMAGE.NAME.objects.parquet`` beside the image.
+
+    >>> default_table("out/mask.zarr").as_posix(), default_table("s.ome.zarr/labels/nuclei", label=True).as_posix()
+    ('out/mask.objects.parquet', 's.nuclei.objects.parquet')
+    """
+    path = Path(mask)
+    if label:
+        image = path.parent.parent
+        return image.parent / f"{slide_stem(image)}.{path.name}.objects.parquet"
+    return path.parent / f"{slide_stem(path)}.objects.parquet"
 
 
 def _open_output(mask: MaskLevels, job: _Job, plan: _Plan, cfg: ObjectsConfig) -> tuple[InstanceWriter, int]:

@@ -2,12 +2,14 @@
 
 The mask covers the whole slide, so both are scaled to one thumbnail grid: the slide from the
 pyramid level closest to the thumbnail (never more than it must read; a slide with no pyramid is
-read in strips and subsampled as it goes), the mask from its own pyramid, nearest-neighbour.
+read in bounded blocks and subsampled as it goes), the mask from its own pyramid, nearest-neighbour
+(only the rows and columns it samples are read).
 Without the slide (moved, deleted) the mask is drawn on white.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,15 +19,17 @@ import numpy as np
 from numpy.typing import NDArray
 
 from slideseg.errors import ConfigError, OutputExistsError
+from slideseg.io.guard import reading
 from slideseg.io.slide import open_slide
+from slideseg.io.tissue import strided
 from slideseg.plan.tiles import nearest_index
 from slideseg.write.mask import read_mask
 
-__all__ = ["PreviewResult", "overlay", "pick_level", "thumbnail_shape", "write_preview"]
+__all__ = ["PreviewResult", "overlay", "pick_level", "reduction_step", "thumbnail_shape", "write_preview"]
 
 MAX_SIZE = 16384
 """Largest --size: a preview is a thumbnail, not an export."""
-_STRIP_PIXELS = 1 << 24  # pixels read at once from a slide level that is much larger than the thumbnail
+_STRIP_PIXELS = 1 << 24  # most pixels read at once from a slide level (see slideseg.io.tissue.strided)
 _WHITE = 255
 _INK = (30, 30, 30)
 
@@ -82,8 +86,7 @@ def write_preview(mask_path: str | os.PathLike[str], out_png: str | os.PathLike[
     levels = mask.levels
     thumb = thumbnail_shape(tuple(levels[0].shape), size)
     mask_level = pick_level([tuple(a.shape) for a in levels], thumb)
-    small = np.asarray(levels[mask_level][:])
-    labels = small[np.ix_(nearest_index(small.shape[0], thumb[0]), nearest_index(small.shape[1], thumb[1]))]
+    labels = _sample_labels(levels[mask_level], thumb, f"level {mask_level} of the mask {{path}}", mask_path)
     source = mask.source
     slide, note = _find_slide(slide_path, source)
     background, slide_level = _background(slide, source.get("series"), thumb)
@@ -134,6 +137,18 @@ def overlay(rgb: U8, labels: np.ndarray, colours: dict[int, tuple[int, int, int,
     return np.rint((1 - k) * rgb + k * lut_rgb[labels]).astype(np.uint8)
 
 
+def _sample_labels(array: Any, thumb: tuple[int, int], what: str, path: str | os.PathLike[str]) -> np.ndarray:
+    """``array`` (H, W) resized to ``thumb`` by nearest neighbour, reading only the rows and columns
+    sampled (a level of a checked mask: see :func:`slideseg.write.mask.read_mask`)."""
+    rows = nearest_index(int(array.shape[0]), thumb[0])
+    cols = nearest_index(int(array.shape[1]), thumb[1])
+    unique_rows, row_of = np.unique(rows, return_inverse=True)
+    unique_cols, col_of = np.unique(cols, return_inverse=True)
+    with reading(path, f"read {what}"):
+        sampled = np.asarray(array.oindex[unique_rows, unique_cols])
+    return sampled[np.ix_(row_of, col_of)]
+
+
 # --------------------------------------------------------------------------------- the slide
 
 
@@ -161,21 +176,22 @@ def _slide_thumbnail(path: Path, series: int | None, thumb: tuple[int, int]) -> 
 
     with open_slide(path, level=0, series=series) as slide0:
         level = pick_level([info.shape for info in slide0.levels], thumb)
-        tile = slide0.levels[level].tile
     with open_slide(path, level=level, series=series) as slide:
-        pixels = _read_reduced(slide, thumb, tile[0] if tile else 256)
+        pixels = strided(slide, reduction_step(slide.shape[:2], thumb), _STRIP_PIXELS)
     return _resize_rgb(_to_rgb8(pixels), thumb), level
 
 
-def _read_reduced(slide: Any, thumb: tuple[int, int], tile_rows: int) -> np.ndarray:
-    """The whole level, subsampled while read (strips of whole tile rows) to at most ~2x ``thumb``."""
-    h, w, c = slide.shape
-    step = max(1, min(h // (2 * thumb[0]), w // (2 * thumb[1])))
-    if step == 1:
-        return np.asarray(slide.read(0, h, 0, w))
-    rows = max(1, _STRIP_PIXELS // (w * c) // tile_rows) * tile_rows
-    rows = -(-rows // step) * step  # a multiple of the step, so the subsampling grid is continuous
-    return np.concatenate([slide.read(y, min(h, y + rows), 0, w)[::step, ::step] for y in range(0, h, rows)])
+def reduction_step(shape: tuple[int, int], thumb: tuple[int, int]) -> int:
+    """The stride a slide level of ``shape`` (H, W) is sampled at for a ``thumb`` (h, w) thumbnail:
+    at least 2x the thumbnail on the side that needs less reduction, but never more than 16x its
+    pixels (a slide whose aspect differs wildly from the mask's would otherwise be read whole).
+
+    >>> reduction_step((4000, 3000), (400, 300)), reduction_step((300, 10**7), (256, 200))
+    (5, 61)
+    """
+    (h, w), (th, tw) = shape, thumb
+    step = max(1, min(h // (2 * th), w // (2 * tw)))
+    return max(step, math.ceil(math.sqrt(h * w / (16 * th * tw))))
 
 
 def _to_rgb8(pixels: np.ndarray) -> U8:

@@ -7,8 +7,10 @@ right-hand rule) and holes clockwise. A hole may touch its exterior or another h
 which OGC Simple Features (and so QuPath's JTS) allows.
 
 Tracing streams: the mask is read in full-width stripes. Boundary pieces that cross a stripe seam
-are joined with the next stripe, regions are unioned across seams, and each polygon is yielded as
-soon as its region ends, so memory holds one stripe plus the regions that cross the current seam.
+are joined with the next stripe; which pixels form one region, across seams, and where each region
+ends come from :class:`slideseg.tools.components.StripeStitcher` (the components module that
+``evaluate`` and ``objects`` use too), and each polygon is yielded as soon as its region ends, so
+memory holds one stripe plus the regions that cross the current seam.
 
 >>> mask = np.array([[1, 1, 1],
 ...                  [1, 0, 1],
@@ -26,8 +28,16 @@ import numpy as np
 from numpy.typing import NDArray
 
 from slideseg.errors import ConfigError
+from slideseg.tools.components import LabelSpec, Stripe, StripeStitcher
 
-__all__ = ["Polygon", "iter_polygons", "trace_polygons"]
+__all__ = ["MAX_STRIPE_BYTES", "STRIPE_BYTES_PER_PIXEL", "Polygon", "iter_polygons", "stripe_height",
+           "trace_polygons"]
+
+MAX_STRIPE_BYTES = 2**31
+"""Most memory the tracing of one stripe may take; taller stripes are cut to fit."""
+STRIPE_BYTES_PER_PIXEL = 192
+"""Peak memory per stripe pixel while tracing, at most (the stripe, its labels, boundary segments):
+measured 18 B for blobs and 166 B for pixel noise of 3 classes, the worst case."""
 
 Ints = NDArray[np.int64]
 _Key = tuple[int, int, int]  # a vertical edge crossing a stripe seam: (x, pixel row, direction)
@@ -90,89 +100,113 @@ def iter_polygons(read_rows: Callable[[int, int], np.ndarray], shape: tuple[int,
     """Trace a label image read as full-width stripes ``read_rows(y0, y1) -> (y1 - y0, W)``.
 
     Polygons come out as soon as their region is complete, in scan order of the stripe that
-    completes them.
+    completes them (class by class in the order of ``values``, then in raster order of each
+    region's first pixel). Stripes are at most ``stripe_rows`` rows, fewer where a stripe that
+    tall would take more than :data:`MAX_STRIPE_BYTES`.
+
+    Raises
+    ------
+    ConfigError
+        An empty shape, or a mask so wide that one row takes more than :data:`MAX_STRIPE_BYTES`.
     """
     h, w = int(shape[0]), int(shape[1])
-    tracers = [_ClassTracer(int(v), w) for v in values]
-    for y0 in range(0, h, stripe_rows):
-        y1 = min(h, y0 + stripe_rows)
-        rows = np.asarray(read_rows(y0, y1))
+    rows = stripe_height(h, w, stripe_rows)
+    if not values:
+        return
+    stitcher = StripeStitcher((h, w), LabelSpec(tuple(int(v) for v in values)))
+    tracers = [_ClassTracer(int(v), w) for v in dict.fromkeys(values)]
+    for y0 in range(0, h, rows):
+        y1 = min(h, y0 + rows)
+        block = np.asarray(read_rows(y0, y1))
+        if block.shape != (y1 - y0, w):
+            raise ValueError(f"read_rows({y0}, {y1}) gave an array of shape {block.shape}; expected ({y1 - y0}, {w})")
+        stripe = stitcher.feed(block)
         for tracer in tracers:
-            yield from tracer.feed(rows == tracer.value, y0, last=y1 == h)
+            yield from tracer.feed(block == tracer.value, stripe, y0, last=y1 == h)
     for tracer in tracers:
         assert not (tracer.heads or tracer.pending), "open boundaries left after the last stripe"
 
 
+def stripe_height(height: int, width: int, stripe_rows: int) -> int:
+    """Rows traced at once: ``stripe_rows``, fewer where that many would take more than
+    :data:`MAX_STRIPE_BYTES` (:data:`STRIPE_BYTES_PER_PIXEL` each), at most the mask's height.
+
+    >>> stripe_height(10_000, 2_000, 4096)
+    4096
+    >>> stripe_height(100, 2_000, 4096)
+    100
+    >>> stripe_height(100_000, 50_000, 4096)
+    223
+
+    Raises
+    ------
+    ConfigError
+        An empty shape, ``stripe_rows`` < 1, or a row wider than :data:`MAX_STRIPE_BYTES` allows.
+    """
+    if min(height, width) < 1 or stripe_rows < 1:
+        raise ConfigError(f"tracing a {height} x {width} px mask in stripes of {stripe_rows} rows; expected a "
+                          "non-empty mask and stripes of at least 1 row")
+    widest = MAX_STRIPE_BYTES // STRIPE_BYTES_PER_PIXEL
+    if width > widest:
+        raise ConfigError(f"the mask is {width} px wide: tracing one row of it would take "
+                          f"{width * STRIPE_BYTES_PER_PIXEL / 2**30:.1f} GiB, more than the "
+                          f"{MAX_STRIPE_BYTES / 2**30:.0f} GiB a stripe may take; expected a mask at most {widest} px "
+                          "wide: trace a coarser pyramid level (export-geojson --level)")
+    return min(stripe_rows, height, widest // width)
+
+
 class _ClassTracer:
-    """Streaming tracer of one class: stripes in, finished polygons out."""
+    """Streaming tracer of one class: stripes in, finished polygons out. Regions, and where they
+    end, come from the :class:`~slideseg.tools.components.StripeStitcher` all classes share."""
 
     def __init__(self, value: int, width: int) -> None:
         self.value, self.width = value, width
         self.ctx = np.zeros(width, bool)  # the previous stripe's last row
-        self.ctx_labels = np.zeros(width, np.int64)  # its region labels
-        self.next_label = 1
-        self.parent: dict[int, int] = {}  # union-find over labels of regions crossing seams
-        self.pending: dict[int, list[_Ring]] = {}  # closed rings of regions that go on below
+        self.pending: dict[int, list[_Ring]] = {}  # closed rings of regions that go on below, by region
         self.heads: dict[_Key, _Chain] = {}
         self.tails: dict[_Key, _Chain] = {}
 
-    def feed(self, rows: np.ndarray, y0: int, last: bool) -> list[Polygon]:
-        """Trace rows ``y0 .. y0 + len(rows)`` (bool, this class); return the regions completed."""
-        from scipy import ndimage
-
+    def feed(self, rows: np.ndarray, stripe: Stripe, y0: int, last: bool) -> list[Polygon]:
+        """Trace rows ``y0 .. y0 + len(rows)`` (bool, this class) whose regions are ``stripe``;
+        return the regions of this class that end here."""
+        self._rename(stripe.joined)
         cols = np.flatnonzero(rows.any(axis=0) | self.ctx)
         if cols.size == 0:
-            return []  # nothing here, and nothing open above (pending regions touch ctx)
+            return []  # nothing here, and nothing open above (open regions touch ctx)
         x0, x1 = int(cols[0]), int(cols[-1]) + 1  # trace only the columns the class is in
-        h, w = rows.shape
+        h = rows.shape[0]
         padded = np.zeros((h + 2, x1 - x0 + 2), bool)  # ctx row, rows, a background row; background columns
         padded[0, 1:-1], padded[1:-1, 1:-1] = self.ctx[x0:x1], rows[:, x0:x1]
-        local, n = ndimage.label(padded[: h + 1, 1:-1])  # 4-connected, over ctx + rows
-        offset = self.next_label - 1  # labels of this stripe are local + offset
-        self.next_label += n
-        ctx = self.ctx[x0:x1]
-        above, here = self.ctx_labels[x0:x1][ctx], local[0][ctx].astype(np.int64) + offset
-        for a, b in set(zip(above.tolist(), here.tolist(), strict=True)):  # same pixels, labelled twice
-            self._union(a, b)
-        rings, chains = _trace_stripe(padded, local, offset, x0, y0, last)
+        rings, chains = _trace_stripe(padded, _RegionsOf(stripe, x0), x0, y0, last)
         for chain in chains:
             closed = self._attach(chain)
             if closed is not None:
                 rings.extend(_close(closed))
-        bottom = local[h]
-        active = set() if last else {self._find(a + offset) for a in np.unique(bottom[bottom > 0]).tolist()}
+        ending = stripe.done[stripe.done_values == self.value].tolist()
+        ends = set(ending)
         done: dict[int, list[_Ring]] = {}
         for ring in rings:
-            root = self._find(ring.label)
-            if root in active:  # a copy: a view would keep this stripe's vertex array alive
-                self.pending.setdefault(root, []).append(_Ring(ring.label, ring.vertices.copy(), ring.area))
-            else:
-                done.setdefault(root, []).append(ring)
-        for root in [r for r in self.pending if r not in active]:
-            done.setdefault(root, []).extend(self.pending.pop(root))
+            if ring.label in ends:
+                done.setdefault(ring.label, []).append(ring)
+            else:  # a copy: a view would keep this stripe's vertex array alive
+                self.pending.setdefault(ring.label, []).append(_Ring(ring.label, ring.vertices.copy(), ring.area))
+        for region in ending:
+            done.setdefault(region, []).extend(self.pending.pop(region, []))
         self.ctx = rows[-1].copy()
-        self.ctx_labels = np.zeros(w, np.int64)
-        self.ctx_labels[x0:x1] = np.where(bottom > 0, bottom.astype(np.int64) + offset, 0)
-        return [_polygon(self.value, done[root]) for root in sorted(done)]
+        return [_polygon(self.value, done[region]) for region in ending]
 
-    def _find(self, a: int) -> int:
-        root = a
-        while root in self.parent:
-            root = self.parent[root]
-        while a != root:  # path compression
-            self.parent[a], a = root, self.parent[a]
-        return root
-
-    def _union(self, a: int, b: int) -> None:
-        ra, rb = self._find(a), self._find(b)
-        if ra != rb:
-            keep, drop = min(ra, rb), max(ra, rb)
-            self.parent[drop] = keep
-            if drop in self.pending:
-                self.pending.setdefault(keep, []).extend(self.pending.pop(drop))
+    def _rename(self, joined: dict[int, int]) -> None:
+        """Follow the stitcher's joins: the closed rings of a region joined to another move to it.
+        (Open chains need no renaming: a ring takes the region of the piece that closes it,
+        traced in the current stripe, see :meth:`_attach`.)"""
+        for old in [r for r in self.pending if r in joined]:
+            self.pending.setdefault(joined[old], []).extend(self.pending.pop(old))
 
     def _attach(self, chain: _Chain) -> _Chain | None:
-        """Join a chain to the open chains it meets; return it once it closes into a ring."""
+        """Join a chain of this stripe to the open chains it meets; return it once it closes into a
+        ring. A ring closes only where the chain meets an open chain at its tail (one it meets at
+        its head alone cannot close it), so the ring keeps the chain's region: named after this
+        stripe's joins."""
         after = self.heads.pop(chain.tail, None)
         if after is not None:
             del self.tails[after.tail]
@@ -185,6 +219,21 @@ class _ClassTracer:
             return chain
         self.heads[chain.head], self.tails[chain.tail] = chain, chain
         return None
+
+
+@dataclass(frozen=True)
+class _RegionsOf:
+    """The region of a pixel of a stripe, or of the row above it, in columns from ``x0``."""
+
+    stripe: Stripe
+    x0: int
+
+    def __call__(self, r: Ints, c: Ints) -> Ints:
+        """Regions of pixels at rows ``r`` (0: the row above the stripe, ``i``: its row ``i - 1``)
+        and columns ``x0 + c``."""
+        s, x = self.stripe, c + self.x0
+        inside = s.regions[s.labels[np.maximum(r - 1, 0), x]]
+        return np.where(r == 0, s.above[x], inside)
 
 
 def _join(a: _Chain, b: _Chain) -> _Chain:
@@ -231,14 +280,15 @@ def _split_pinched(v: Ints) -> list[Ints]:
     return out
 
 
-def _trace_stripe(padded: np.ndarray, labels: np.ndarray, offset: int, x0: int, y0: int, last: bool
+def _trace_stripe(padded: np.ndarray, regions: Callable[[Ints, Ints], Ints], x0: int, y0: int, last: bool
                   ) -> tuple[list[_Ring], list[_Chain]]:
     """Boundary of one class in one stripe: closed rings, and chains open at the seams.
 
     ``padded`` (h + 2, w + 2) bool holds mask columns ``x0 .. x0 + w`` between background
-    columns: row 0 is row y0 - 1, then the stripe, then background; ``labels + offset`` label
-    rows 0..h. The stripe links the boundary at vertex rows y0 .. y0 + h - 1 (and H if last);
-    vertical edges in row y0 - 1 are shared with the stripe above, in its last row with the next.
+    columns: row 0 is row y0 - 1, then the stripe, then background; ``regions(r, c)`` names the
+    region of the pixel at row r (0..h) and column c of ``padded[:, 1:-1]``. The stripe links the
+    boundary at vertex rows y0 .. y0 + h - 1 (and H if last); vertical edges in row y0 - 1 are
+    shared with the stripe above, in its last row with the next.
     """
     h, w = padded.shape[0] - 2, padded.shape[1] - 2
     sx, sy, ex, ey, d = _segments(padded, y0, last)
@@ -264,7 +314,7 @@ def _trace_stripe(padded: np.ndarray, labels: np.ndarray, offset: int, x0: int, 
     starts = np.flatnonzero(np.r_[True, comp[ordered][1:] != comp[ordered][:-1]])
     ends = np.r_[starts[1:], n]
     first = ordered[starts]
-    label = labels[sy[first] + _LEFT_DY[d[first]] - y0 + 1, sx[first] + _LEFT_DX[d[first]]].astype(np.int64) + offset
+    label = regions(sy[first] + _LEFT_DY[d[first]] - y0 + 1, sx[first] + _LEFT_DX[d[first]])
     xs, ys = sx[ordered], sy[ordered]
     area = _areas(xs, ys, starts, ends)
     pinched = _repeats(((ys - y0 + 1) * (w + 1) + xs), starts, ends)

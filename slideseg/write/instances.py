@@ -216,7 +216,7 @@ def table_schema(channels: int, probabilities: bool) -> pa.Schema:
 def object_rows(sums: Mapping[str, np.ndarray], *, mpp: float | None, scale: tuple[float, float],
                 names: Mapping[int, str], channels: int, probabilities: bool) -> pa.Table:
     """Rows of complete objects from their pixel sums (the arrays of
-    :class:`slideseg.tools.components.Sums`): ``scale`` is ``(sx, sy)`` from mask to level-0 pixels;
+    :class:`slideseg.tools.pixel_sums.Sums`): ``scale`` is ``(sx, sy)`` from mask to level-0 pixels;
     value channel 0 is the class probability (uint8) when ``probabilities``, then the slide's."""
     n = sums["count"].astype(np.float64)
     um = np.nan if mpp is None else float(mpp)
@@ -262,7 +262,7 @@ class TableWriter:
     writes a CSV copy.
     """
 
-    def __init__(self, schema: pa.Schema, staging: Path, run_rows: int = 1 << 17, merge_rows: int = 1 << 17,
+    def __init__(self, schema: pa.Schema, staging: Path, run_rows: int = 1 << 15, merge_rows: int = 1 << 15,
                  group_rows: int = 4096, fan_in: int = 32) -> None:
         self.schema, self.staging = schema, staging
         self.run_rows, self.merge_rows, self.group_rows, self.fan_in = run_rows, merge_rows, group_rows, fan_in

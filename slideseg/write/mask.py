@@ -16,6 +16,9 @@ process (one writer per chunk is what Zarr v2 makes safe). Each Zarr chunk file 
 atomically, and a chunk is marked done only after its data is written, so a run killed at any
 moment leaves every chunk either done or to be redone. :meth:`MaskWriter.finalize` then builds
 the pyramid one output chunk at a time and marks the mask complete.
+
+Reading a mask (:func:`open_mask`, :func:`read_mask`, :func:`describe_mask`, and the checks
+:func:`open_mask_writer` makes) lives in :mod:`slideseg.write.mask_meta`, re-exported here.
 """
 
 from __future__ import annotations
@@ -26,7 +29,6 @@ import os
 import shutil
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -36,32 +38,37 @@ import zarr
 from numcodecs import Blosc
 from zarr.codecs import BloscCodec
 
-from slideseg.errors import ConfigError, OutputExistsError, OutputFormatError, SlideReadError
-from slideseg.io.ngff import (
-    LabelClass,
-    NgffVersion,
-    check_version,
-    image_label_attrs,
-    label_classes,
-    multiscales_attrs,
-    unwrap,
-    wrap,
-)
+from slideseg.errors import ConfigError, OutputExistsError, OutputFormatError
+from slideseg.io.ngff import LabelClass, NgffVersion, check_version, image_label_attrs, multiscales_attrs, wrap
 from slideseg.plan.tiles import grid_box, grid_boxes, pyramid_shapes
 from slideseg.write.labels import ParentLevels, prepare_labels_group, register_label, resample_nearest
+from slideseg.write.mask_meta import (
+    DONE,
+    OBJECTS,
+    PREDICTION,
+    PROBABILITIES,
+    TISSUE,
+    MaskLevels,
+    check_mask_array,
+    check_probabilities,
+    count_done,
+    describe_mask,
+    mask_array,
+    mask_meta,
+    open_mask,
+    read_done,
+    read_mask,
+    write_unit,
+)
 
-PROBABILITIES = "probabilities"
-PREDICTION = "prediction"
-DONE = "chunks_done"
-TISSUE = "tissue"
-OBJECTS = "objects"
-"""The instance image ``slideseg objects`` writes inside a mask (see :mod:`slideseg.write.instances`)."""
+__all__ = ["DONE", "OBJECTS", "PREDICTION", "PROBABILITIES", "TISSUE", "MaskLevels", "MaskWriter", "create_mask",
+           "describe_mask", "open_mask", "open_mask_writer", "read_mask"]
+
 _CODEC = {"cname": "zstd", "clevel": 5, "shuffle": Blosc.BITSHUFFLE}
 _WIDE_CODEC = {"cname": "zstd", "clevel": 3, "shuffle": Blosc.SHUFFLE}
 # Entries a mask directory may hold; anything else means it is not ours to delete.
 _OWN_ENTRIES = {".zgroup", ".zattrs", ".zmetadata", "zarr.json", PROBABILITIES, PREDICTION, DONE, TISSUE,
                 f"{TISSUE}.partial", OBJECTS}
-_REQUIRED_ATTRS = ("multiscales", "image-label")
 
 
 class MaskWriter:
@@ -142,7 +149,7 @@ class MaskWriter:
 
     def done(self) -> np.ndarray:
         """Boolean (grid Y, grid X): which level-0 chunks are on disk."""
-        return np.asarray(self._done[:]).astype(bool)
+        return count_done(self._done, self.path)
 
     def write_tissue(self, mask: np.ndarray, attrs: Mapping[str, Any]) -> None:
         """Save the low-resolution tissue mask (bool or uint8 (h, w)) that chose the chunks to run."""
@@ -296,141 +303,29 @@ def _write_unit(chunk: int, shard: int | None, version: NgffVersion) -> int:
 
 
 def open_mask_writer(path: str | os.PathLike[str]) -> MaskWriter:
-    """Reopen an existing mask to write more chunks (resume, or a worker of a distributed run)."""
+    """Reopen an existing mask to write more chunks (resume, or a worker of a distributed run).
+
+    Its metadata and arrays are checked as :func:`~slideseg.write.mask_meta.read_mask` checks them
+    (:class:`~slideseg.errors.SlideReadError` if the mask is damaged).
+    """
     group = open_mask(path, mode="r+")
-    attrs: dict[str, Any] = dict(group.attrs)
-    version, ome = unwrap(attrs)
-    record = {k: v for k, v in attrs["slideseg"].items() if k != "complete"}
-    classes = label_classes(ome)
-    into = ParentLevels.from_dict(record["into"]) if "into" in record else None
-    first = PREDICTION if into else "0"
-    if first not in group:
+    meta = mask_meta(group, path)
+    record = {k: v for k, v in meta.record.items() if k != "complete"}
+    first = meta.write_level
+    level0 = mask_array(group, first, path)
+    if level0 is None:
         raise OutputFormatError(f"{path} was only half created (its '{first}' array is missing: a run stopped while "
                                 "creating it); run again with --overwrite to start it afresh")
-    level0 = _array(group, first)
-    if DONE not in group:
+    check_mask_array(level0, path, f"level {first!r}")
+    if read_done(group, level0, path) is None:
         raise OutputFormatError(f"{path} has no '{DONE}' record, so what is done cannot be known; "
                                 "it was written by an older slideseg: run again with --overwrite")
-    ms = ome["multiscales"][0]
-    unit = ms["axes"][-1].get("unit")
-    mpp = ms["datasets"][0]["coordinateTransformations"][0]["scale"][-1] if unit == "micrometer" else None
-    if into is not None:  # the root's scales are the image's; the prediction grid has its own
-        mpp = record.get("source", {}).get("mpp")
+    # the root's scales are the image's when writing into one; the prediction grid has its own
+    mpp = meta.mpp if meta.into is None else meta.source.get("mpp")
     shape = (int(level0.shape[0]), int(level0.shape[1]))
-    write_unit = int((getattr(level0, "shards", None) or level0.chunks)[0])
-    return MaskWriter(Path(path), group, shape, write_unit, classes, mpp, record, version or "0.4", into)
-
-
-def open_mask(path: str | os.PathLike[str], mode: str = "r") -> zarr.Group:
-    """Open a mask written by slideseg (read-only unless ``mode='r+'``), NGFF 0.4 or 0.5.
-
-    Raises
-    ------
-    SlideReadError
-        ``path`` does not exist.
-    OutputFormatError
-        ``path`` is not a Zarr group with slideseg's label-image attributes.
-    """
-    p = Path(path)
-    if not p.exists():
-        raise SlideReadError(f"{p} does not exist; expected a slideseg mask directory: check the path")
-    try:
-        group = zarr.open_group(p, mode=mode)  # type: ignore[arg-type]
-    except (OSError, ValueError, KeyError) as e:
-        raise OutputFormatError(
-            f"{p} is not a Zarr group ({type(e).__name__}); expected a slideseg mask "
-            f"(OME-Zarr): pass the mask.zarr written by slideseg predict"
-        ) from e
-    attrs = dict(group.attrs)
-    _, ome = unwrap(attrs)
-    missing = [k for k in _REQUIRED_ATTRS if k not in ome] + ([] if "slideseg" in attrs else ["slideseg"])
-    if missing:
-        raise OutputFormatError(
-            f"{p} is not a slideseg mask: expected attributes {[*_REQUIRED_ATTRS, 'slideseg']}, "
-            f"{', '.join(missing)} missing: pass the mask.zarr written by slideseg predict"
-        )
-    return group
-
-
-@dataclass(frozen=True)
-class MaskLevels:
-    """A slideseg mask opened for reading: its 2-D levels (level 0 first), classes and record."""
-
-    path: Path
-    version: NgffVersion | None
-    levels: tuple[zarr.Array[Any], ...]
-    classes: tuple[LabelClass, ...]
-    record: Mapping[str, Any]
-    """How the mask was made (``.zattrs["slideseg"]``): configs, source slide, completeness."""
-    mpp: float | None = None
-    """Micrometres per pixel of level 0 (its NGFF scale, when the axes are in micrometres)."""
-
-    @property
-    def names(self) -> dict[int, str]:
-        """Class name by value."""
-        return {c.value: c.name for c in self.classes}
-
-    @property
-    def source(self) -> dict[str, Any]:
-        """What the record says of the slide the mask was made from (path, level, pixel size...)."""
-        return dict(self.record.get("source") or {})
-
-
-def read_mask(path: str | os.PathLike[str], *, complete: bool = True) -> MaskLevels:
-    """Open a slideseg mask for reading, NGFF 0.4 or 0.5: its levels, classes and record.
-
-    Raises
-    ------
-    SlideReadError, OutputFormatError
-        As :func:`open_mask`; also when a level is not a 2-D array, or, with ``complete=True``,
-        when the mask is incomplete (a predict run that stopped).
-    """
-    group = open_mask(path)
-    attrs: dict[str, Any] = dict(group.attrs)
-    version, ome = unwrap(attrs)
-    record = dict(attrs["slideseg"])
-    if complete and not record.get("complete", False):
-        raise OutputFormatError(f"{path} is incomplete (a predict run that stopped); expected a finished mask: "
-                                "finish it with `slideseg predict ... --resume` first")
-    paths = [d["path"] for d in ome["multiscales"][0]["datasets"]]
-    levels = [group.get(p) for p in paths]
-    if not all(isinstance(a, zarr.Array) and a.ndim == 2 for a in levels):
-        raise OutputFormatError(f"{path} lists levels {paths} that are not all 2-D arrays; expected a slideseg "
-                                "mask: write it again with slideseg predict")
-    ms = ome["multiscales"][0]
-    scale = ms["datasets"][0]["coordinateTransformations"][0]["scale"][-1]
-    mpp = float(scale) if ms["axes"][-1].get("unit") == "micrometer" else None
-    return MaskLevels(Path(path), version, tuple(levels), label_classes(ome), record, mpp)  # type: ignore[arg-type]
-
-
-def describe_mask(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """JSON-able summary of a mask: levels, pixel size, classes, provenance, completeness."""
-    group = open_mask(path)
-    attrs: dict[str, Any] = dict(group.attrs)
-    version, ome = unwrap(attrs)
-    record = dict(attrs["slideseg"])
-    ms = ome["multiscales"][0]
-    x_axis = ms["axes"][-1]
-    scale0 = ms["datasets"][0]["coordinateTransformations"][0]["scale"][-1]
-    names = {p["label-value"]: p.get("class") for p in ome["image-label"].get("properties", [])}
-    probs = group.get(PROBABILITIES)
-    done = group.get(DONE)
-    chunks_done = int(np.count_nonzero(done[:])) if isinstance(done, zarr.Array) else None
-    return {
-        "path": str(Path(path)),
-        "ngff": version,
-        "complete": bool(record.get("complete", False)),
-        "chunks_done": chunks_done,
-        "chunks_total": int(np.prod(done.shape)) if isinstance(done, zarr.Array) else None,
-        "mpp": scale0 if x_axis.get("unit") == "micrometer" else None,
-        "levels": _describe_levels(group, ms),
-        "classes": [
-            {"value": c["label-value"], "name": names.get(c["label-value"]), "rgba": c["rgba"]}
-            for c in ome["image-label"]["colors"]
-        ],
-        "probabilities": (_describe_levels(probs, _multiscale(probs)) if isinstance(probs, zarr.Group) else None),
-        "slideseg": record,
-    }
+    check_probabilities(group, path, shape, len(meta.classes))
+    return MaskWriter(Path(path), group, shape, write_unit(level0), meta.classes, mpp, record, meta.version or "0.4",
+                      meta.into)
 
 
 # --- helpers ---------------------------------------------------------------------------------
@@ -558,23 +453,3 @@ def _subgroup(group: zarr.Group, key: str) -> zarr.Group:
     node = group[key]
     assert isinstance(node, zarr.Group), f"{key} is not a group"
     return node
-
-
-def _multiscale(group: zarr.Group) -> dict[str, Any]:
-    _, ome = unwrap(dict(group.attrs))
-    return dict(ome["multiscales"][0])
-
-
-def _describe_levels(group: zarr.Group, ms: Mapping[str, Any]) -> list[dict[str, Any]]:
-    out = []
-    for d in ms["datasets"]:
-        node = group.get(d["path"])
-        out.append(
-            {
-                "path": d["path"],
-                "shape": list(node.shape) if isinstance(node, zarr.Array) else None,
-                "chunks": list(node.chunks) if isinstance(node, zarr.Array) else None,
-                "scale": d["coordinateTransformations"][0]["scale"],
-            }
-        )
-    return out
