@@ -13,7 +13,8 @@ together; tissue everywhere), rendered as a single-channel uint16 fluorescence-l
 nuclei, dimmer at their borders and at the seams between touching nuclei, blurred, with noise). Its
 top rows train (slideseg holds a band of them out for validation), the rest is the held-out test.
 
-    .venv/bin/python benchmarks/bench_train.py loss [--seeds 0 1 2] [--minutes 2]
+    .venv/bin/python benchmarks/bench_train.py loss [--seeds 0 1 2] [--minutes 2 | --steps 150]
+        [--losses weighted ce] [--w0 10] [--sigma 5] [--separation-width 2]
     .venv/bin/python benchmarks/bench_train.py throughput [--steps 30]
 
 Each prints one JSON line per run and a JSON summary; record them in benchmarks/RESULTS.md with
@@ -60,7 +61,7 @@ def fluorescence(instances: np.ndarray, seed: int) -> np.ndarray:
     brightness = np.zeros(int(ids.max()) + 1, np.float64)
     brightness[ids] = rng.uniform(0.5, 1.0, ids.size)
     brightness[0] = 0.0
-    inner = (instances > 0) & ~separation_borders(instances)
+    inner = (instances > 0) & ~separation_borders(instances, width=2)  # the data stays as it was
     profile = 0.55 + 0.45 * np.clip(ndimage.distance_transform_edt(inner) / 3.0, 0.0, 1.0)
     signal = np.where(instances > 0, brightness[instances] * profile, 0.04)
     signal = ndimage.gaussian_filter(signal, 1.0)
@@ -81,10 +82,15 @@ def write_data(out: Path, cfg: SynthConfig = DATA, train_rows: int = TRAIN_ROWS)
     return out / "train", out / "test"
 
 
-def data_summary(test_dir: Path) -> dict[str, Any]:
-    """Nuclei and the fraction that touch another, of the held-out test image."""
+def data_summary(test_dir: Path, separation_width: int = 2) -> dict[str, Any]:
+    """Nuclei and the fraction that touch another, of the held-out test image, and the foreground
+    IoU against it of a model that draws exactly the training target (separation borders of
+    ``separation_width`` px as background): the best a separating model can score."""
     inst = tifffile.imread(test_dir / "field_mask.tif")
-    return {"test_nuclei": int(np.unique(inst).size - 1), "test_touching_fraction": round(touching_fraction(inst), 3)}
+    truth = inst > 0
+    target = truth & ~separation_borders(inst, separation_width)
+    return {"test_nuclei": int(np.unique(inst).size - 1), "test_touching_fraction": round(touching_fraction(inst), 3),
+            "target_iou": round(float(target.sum() / truth.sum()), 4)}
 
 
 # ---------------------------------------------------------------------------------------- scoring
@@ -139,9 +145,11 @@ def bench_loss(args: argparse.Namespace) -> None:
     train_dir, test_dir = write_data(args.out / "data")
     arch = {"depth": args.depth, "width": args.width}
     rows = []
+    target = {"w0": args.w0, "sigma": args.sigma, "separation_width": args.separation_width,
+              "border_on_objects": args.border_on_objects}
     for seed in args.seeds:
-        for loss in ("weighted", "ce"):
-            cfg = TrainConfig(loss=loss, seed=seed, threads=args.threads, **(  # type: ignore[arg-type]
+        for loss in args.losses:
+            cfg = TrainConfig(loss=loss, seed=seed, threads=args.threads, **target, **(  # type: ignore[arg-type]
                 {"steps": args.steps} if args.steps else {"max_time": args.minutes}))
             row = {"loss": loss, "seed": seed, **train_and_score(train_dir, test_dir, args.out, f"{loss}-{seed}",
                                                                   cfg, arch)}
@@ -149,9 +157,10 @@ def bench_loss(args: argparse.Namespace) -> None:
             rows.append(row)
     summary: dict[str, Any] = {"bench": "train loss", "budget": f"{args.steps} steps" if args.steps else
                                f"{args.minutes} min", "depth": args.depth, "width": args.width, "seeds": args.seeds,
-                               "threads": args.threads, **data_summary(test_dir), "machine": machine(),
+                               "threads": args.threads, **target, **data_summary(test_dir, args.separation_width),
+                               "machine": machine(),
                                "date": time.strftime("%Y-%m-%d")}
-    for loss in ("weighted", "ce"):
+    for loss in args.losses:
         sub = [r for r in rows if r["loss"] == loss]
         summary[loss] = {k: mean_sd([r[k] for r in sub])
                          for k in ("merge_rate", "object_f1", "pq", "foreground_iou", "steps")}
@@ -253,6 +262,13 @@ def main() -> None:
     ap.add_argument("--minutes", type=float, default=2.0, help="Training time per run (loss).")
     ap.add_argument("--steps", type=int, default=None, help="loss: steps per run instead of --minutes; "
                     "throughput: timed steps (default 30).")
+    ap.add_argument("--losses", nargs="+", choices=["weighted", "ce"], default=["weighted", "ce"],
+                    help="loss: the arms to train (the target options below apply to both).")
+    ap.add_argument("--w0", type=float, default=TrainConfig.w0, help="loss: weight of the border term.")
+    ap.add_argument("--sigma", type=float, default=TrainConfig.sigma, help="loss: width of the border term, px.")
+    ap.add_argument("--separation-width", type=int, choices=[1, 2], default=TrainConfig.separation_width,
+                    help="loss: width of the separation borders in the target, px.")
+    ap.add_argument("--border-on-objects", action="store_true", help="loss: the border term on object pixels too.")
     ap.add_argument("--depth", type=int, default=4)
     ap.add_argument("--width", type=int, default=16)
     ap.add_argument("--threads", type=int, default=1)

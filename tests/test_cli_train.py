@@ -48,3 +48,11 @@ def test_cli_bad_data_exits_2_with_one_line(tmp_path: Path, setup: str, match: s
     assert match in r.stderr.replace("\n", " ")
     with pytest.raises(TrainingDataError, match=match):  # the library says the same
         load_training_data(images=d, masks=d)
+
+
+def test_cli_separation_width_is_checked_before_data_is_read(tmp_path: Path) -> None:
+    r = run_cli("train", "--images", tmp_path / "none", "--masks", tmp_path / "none", "-o", tmp_path / "m.safetensors",
+                "--separation-width", "3")
+    assert r.exit_code == 2
+    assert r.stderr.strip().splitlines() == [r.stderr.strip()]
+    assert "--separation-width must be 1 or 2 px, got 3" in r.stderr

@@ -18,8 +18,8 @@ from slideseg.model.unet import build_unet
 from slideseg.predict import PredictConfig, predict
 from slideseg.tools.evaluate import evaluate
 from slideseg.tools.synth import SynthConfig, render_region
-from slideseg.train.data import TrainingData, load_training_data
-from slideseg.train.loop import TrainConfig, companion_paths, train
+from slideseg.train.data import Statistics, TrainingData, load_training_data
+from slideseg.train.loop import TrainConfig, _target_spec, companion_paths, train
 
 TINY = {"depth": 2, "width": 8}
 FAST = TrainConfig(tile=132, optimizer="adam", lr=0.003, batch_size=1, tiles_per_epoch=40, threads=1, workers=1,
@@ -203,6 +203,19 @@ def test_bad_runs_are_clear_errors(data_root: Path, tmp_path: Path) -> None:
         data.close()
     with pytest.raises(ConfigError, match="--batch-size must be >= 1"):
         TrainConfig(batch_size=0)
+
+
+def test_target_options_reach_the_target_and_records_without_them_load() -> None:
+    stats = Statistics((0.0,), (1.0,), (3, 1))
+    data = TrainingData([], [], "instances", {})
+    for width, on_objects in ((1, True), (2, False)):
+        spec = _target_spec(data, UNetConfig(depth=2), stats,
+                            TrainConfig(separation_width=width, border_on_objects=on_objects))
+        assert (spec.separation_width, spec.border_on_objects) == (width, on_objects)
+    with pytest.raises(ConfigError, match="--separation-width must be 1 or 2 px, got 3"):
+        TrainConfig(separation_width=3)
+    before = {k: v for k, v in TrainConfig().to_dict().items() if k not in ("separation_width", "border_on_objects")}
+    assert TrainConfig.from_dict(before) == TrainConfig()  # older records: 2-px borders, background-only term
 
 
 def test_init_from_new_model_learns_normalisation(data_root: Path, tmp_path: Path) -> None:

@@ -63,14 +63,28 @@ def test_one_object_alone_has_no_border_term() -> None:
     assert np.isinf(d2).all()
 
 
+@pytest.mark.parametrize("gap", [1, 2, 3, 5])
+def test_border_on_objects_weighs_both_sides_of_a_gap_alike(gap: int) -> None:
+    labels = np.zeros((5, 16 + gap), np.int32)
+    labels[:, :8] = 1
+    labels[:, 8 + gap:] = 2
+    w = unet_weight_map(labels, 10.0, 5.0, (1.0, 1.0), border_on_objects=True)
+    row = w[2]
+    np.testing.assert_allclose(row, row[::-1], rtol=1e-6)  # the gap is centred: mirror symmetric
+    # the object pixel next to the gap (d2 = gap + 1) weighs as the gap pixel next to it (d1 = 1, d2 = gap)
+    assert row[7] == pytest.approx(1 + 10 * math.exp(-((gap + 1) ** 2) / 50), abs=1e-4)
+    assert row[8] == pytest.approx(row[7], abs=1e-4)
+    assert (unet_weight_map(labels, 10.0, 5.0, (1.0, 1.0))[labels > 0] == 1.0).all()  # the paper's: background only
+
+
 def test_no_objects_and_no_border_weight() -> None:
     assert (unet_weight_map(np.zeros((5, 6), np.int32), class_weights=(1.5, 1.0)) == 1.5).all()
     labels, (cy, cx) = two_discs(4)
     assert unet_weight_map(labels, w0=0.0, class_weights=(1.0, 1.0))[cy, cx] == 1.0
 
 
-def brute_force_weight_map(labels: np.ndarray, w0: float, sigma: float, class_weights: tuple[float, ...]
-                           ) -> np.ndarray:
+def brute_force_weight_map(labels: np.ndarray, w0: float, sigma: float, class_weights: tuple[float, ...],
+                           on_objects: bool = False) -> np.ndarray:
     """Every pixel's distance to every object pixel; the two nearest objects; the formula."""
     ids = [i for i in np.unique(labels) if i != 0]
     yy, xx = np.mgrid[: labels.shape[0], : labels.shape[1]]
@@ -83,11 +97,12 @@ def brute_force_weight_map(labels: np.ndarray, w0: float, sigma: float, class_we
     d1 = d[0]
     d2 = d[1] if len(d) > 1 else np.full(labels.shape, np.inf)
     border = w0 * np.exp(-((d1 + d2) ** 2) / (2 * sigma**2))
-    return np.asarray(class_weights)[(labels > 0).astype(int)] + np.where(labels == 0, border, 0.0)
+    return np.asarray(class_weights)[(labels > 0).astype(int)] + np.where(on_objects | (labels == 0), border, 0.0)
 
 
+@pytest.mark.parametrize("on_objects", [False, True])
 @pytest.mark.parametrize("seed", range(6))
-def test_matches_brute_force_on_random_labels(seed: int) -> None:
+def test_matches_brute_force_on_random_labels(seed: int, on_objects: bool) -> None:
     rng = np.random.default_rng(seed)
     h, w = rng.integers(12, 40, 2)
     labels = np.zeros((h, w), np.int64)
@@ -96,8 +111,8 @@ def test_matches_brute_force_on_random_labels(seed: int) -> None:
         ry, rx = rng.integers(1, 6, 2)
         labels[max(0, y - ry): y + ry, max(0, x - rx): x + rx] = ident + 1
     sigma = float(rng.uniform(1.5, 6.0))
-    expected = brute_force_weight_map(labels, 10.0, sigma, (0.7, 1.9))
-    got = unet_weight_map(labels, 10.0, sigma, (0.7, 1.9))
+    expected = brute_force_weight_map(labels, 10.0, sigma, (0.7, 1.9), on_objects)
+    got = unet_weight_map(labels, 10.0, sigma, (0.7, 1.9), border_on_objects=on_objects)
     np.testing.assert_allclose(got, expected, atol=1e-4)
 
 
@@ -138,6 +153,68 @@ def test_separation_borders_mark_both_sides_of_a_contact() -> None:
         [1, 0, 0, 0, 0],
     ], bool)
     np.testing.assert_array_equal(separation_borders(labels), expected)
+
+
+def test_one_px_separation_borders_mark_the_larger_id() -> None:
+    labels = np.array([
+        [1, 1, 2, 2, 0],
+        [1, 1, 0, 2, 0],
+        [3, 0, 0, 0, 0],
+    ])
+    expected = np.array([
+        [0, 0, 1, 0, 0],  # 1 | 2: the 2
+        [0, 0, 0, 0, 0],
+        [1, 0, 0, 0, 0],  # 1 over 3: the 3
+    ], bool)
+    np.testing.assert_array_equal(separation_borders(labels, width=1), expected)
+
+
+def packed_labels(seed: int) -> np.ndarray:
+    """Random rectangles with arbitrary sparse ids, drawn over each other so that many touch."""
+    rng = np.random.default_rng(seed)
+    h, w = rng.integers(8, 40, 2)
+    labels = np.zeros((h, w), np.int64)
+    for ident in rng.choice(10**6, size=rng.integers(2, 12), replace=False):
+        y, x = rng.integers(0, h), rng.integers(0, w)
+        ry, rx = rng.integers(1, 8, 2)
+        labels[max(0, y - ry): y + ry, max(0, x - rx): x + rx] = ident + 1
+    return labels
+
+
+def four_neighbour_pairs(a: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+    return [(a[1:], a[:-1]), (a[:, 1:], a[:, :-1])]
+
+
+@pytest.mark.parametrize("width", [1, 2])
+@pytest.mark.parametrize("seed", range(8))
+def test_separation_borders_leave_no_two_objects_4_connected(seed: int, width: int) -> None:
+    labels = packed_labels(seed)
+    kept = np.where(separation_borders(labels, width), 0, labels)
+    for a, b in four_neighbour_pairs(kept):
+        assert not ((a != b) & (a > 0) & (b > 0)).any()
+    assert ((kept == 0) | (kept == labels)).all()  # borders only remove object pixels
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_one_px_borders_are_half_of_the_two_px_ones_and_turn_with_the_image(seed: int) -> None:
+    labels = packed_labels(seed)
+    one, two = separation_borders(labels, 1), separation_borders(labels, 2)
+    assert two[one].all()
+    for (a, b), (one_a, one_b) in zip(four_neighbour_pairs(labels), four_neighbour_pairs(one), strict=True):
+        touch = (a != b) & (a > 0) & (b > 0)  # every contact loses its larger-id pixel ...
+        assert one_a[touch & (a > b)].all() and one_b[touch & (b > a)].all()
+    padded = np.pad(labels, 1)
+    neighbours = np.stack([padded[:-2, 1:-1], padded[2:, 1:-1], padded[1:-1, :-2], padded[1:-1, 2:]])
+    smaller = ((neighbours > 0) & (neighbours < labels)).any(axis=0)
+    assert smaller[one].all()  # ... and only pixels that touch a smaller id are marked
+    for k in range(4):
+        np.testing.assert_array_equal(separation_borders(np.rot90(labels, k), 1), np.rot90(one, k))
+    np.testing.assert_array_equal(separation_borders(labels[::-1], 1), one[::-1])
+
+
+def test_separation_width_must_be_1_or_2() -> None:
+    with pytest.raises(ConfigError, match="must be 1 or 2 px, got 3"):
+        separation_borders(np.zeros((2, 2), np.int32), width=3)
 
 
 def test_weighted_loss_equals_a_hand_computed_3x3_value() -> None:

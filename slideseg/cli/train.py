@@ -80,6 +80,11 @@ def train(
     separation_borders: Annotated[bool | None, Opt("--separation-borders/--no-separation-borders",
                                                    help="Instance masks: background where objects touch. "
                                                    "(default: on)")] = None,
+    separation_width: Annotated[int | None, Opt(help="Width of those borders: 2 px (both sides of a contact, the "
+                                                "paper's) or 1 (one side). (default: 2)")] = None,
+    border_on_objects: Annotated[bool | None, Opt("--border-on-objects/--no-border-on-objects",
+                                                  help="The border term on object pixels too, not only on "
+                                                  "background. (default: off)")] = None,
     balanced_sampling: Annotated[bool | None, Opt("--balanced-sampling",
                                                   help="Draw tiles class-balanced. (default: off)")] = None,
     elastic: Annotated[bool | None, Opt("--elastic/--no-elastic", help="Elastic deformation. (default: on)")] = None,
@@ -109,7 +114,8 @@ def train(
         epochs=epochs, steps=steps, tiles_per_epoch=tiles_per_epoch, tile=tile, batch_size=batch_size,
         optimizer=optimizer, lr=lr, momentum=momentum, weight_decay=weight_decay, lr_schedule=lr_schedule,
         warmup_steps=warmup_steps, grad_clip=grad_clip, loss=loss, w0=w0, sigma=sigma, class_balance=class_balance,
-        separation_borders=separation_borders, balanced_sampling=balanced_sampling, normalisation=normalisation,
+        separation_borders=separation_borders, separation_width=separation_width,
+        border_on_objects=border_on_objects, balanced_sampling=balanced_sampling, normalisation=normalisation,
         val_tiles=val_tiles, seed=seed, max_time=max_time, device=device, amp=amp, threads=threads,
         workers=workers, holdout=holdout, patience=patience, recipe=recipe))
     arch = _given(depth=depth, width=width, classes=classes, padding=padding, halo=halo, dropout=dropout,

@@ -14,7 +14,8 @@ Conventions (the paper leaves them open):
 - Distances are Euclidean, from a pixel centre to the nearest pixel centre of an object
   (:func:`scipy.ndimage.distance_transform_edt` of the object's complement).
 - The border term applies to background pixels, where the separation borders are (the paper's
-  Fig. 3d); object pixels get ``w_c`` alone.
+  Fig. 3d); object pixels get ``w_c`` alone (``border_on_objects`` weighs them too: measured in
+  docs/training.md, not the default).
 - With fewer than two objects in reach, ``d2`` is infinite and the border term is 0.
 - The loss is ``sum(w * ce) / count(w > 0)``: a mean over the labelled pixels (weight 0 marks
   pixels without a label, e.g. beyond the image border), so a weight map of ones gives the plain
@@ -48,6 +49,9 @@ BORDER_TOLERANCE = 1e-6
 ``w0 * BORDER_TOLERANCE`` are not measured: the weight map is exact to this relative error."""
 
 F32 = NDArray[np.float32]
+
+SEPARATION_WIDTHS = (1, 2)
+"""Widths of the gap, px, that :func:`separation_borders` can draw between touching objects."""
 
 
 def border_cutoff(sigma: float, tolerance: float = BORDER_TOLERANCE) -> float:
@@ -119,7 +123,7 @@ def object_distances(labels: NDArray[np.integer], cutoff: float = math.inf) -> t
 
 def unet_weight_map(labels: NDArray[np.integer], w0: float = 10.0, sigma: float = 5.0,
                     class_weights: Sequence[float] | None = None, *,
-                    classes: NDArray[np.integer] | None = None) -> F32:
+                    classes: NDArray[np.integer] | None = None, border_on_objects: bool = False) -> F32:
     """The U-Net paper's weight map ``w_c(x) + w0 exp(-(d1 + d2)**2 / (2 sigma**2))``.
 
     Parameters
@@ -130,10 +134,14 @@ def unet_weight_map(labels: NDArray[np.integer], w0: float = 10.0, sigma: float 
     class_weights : ``w_c`` per class id; None balances the class frequencies of this image
         (:func:`balanced_class_weights`).
     classes : (H, W) class ids for ``w_c``; default ``labels > 0`` (two classes).
+    border_on_objects : also weight object pixels by the border term (``d1`` is 0 there, ``d2`` the
+        distance to the nearest other object), so both sides of a narrow gap weigh the same;
+        default: background pixels only, as in the paper.
 
     Returns
     -------
-    (H, W) float32 weights; the border term only on background (class 0 of ``labels``) pixels.
+    (H, W) float32 weights; the border term on background (label 0) pixels, and on object pixels
+    with ``border_on_objects``.
 
     Raises
     ------
@@ -157,33 +165,37 @@ def unet_weight_map(labels: NDArray[np.integer], w0: float = 10.0, sigma: float 
         d1, d2 = object_distances(labels, border_cutoff(sigma))
         s = d1 + d2
         border = np.float32(w0) * np.exp(-(s * s) / np.float32(2.0 * sigma * sigma))
-        weight += np.where(labels == 0, border, np.float32(0))
+        weight += border if border_on_objects else np.where(labels == 0, border, np.float32(0))
     return weight
 
 
-def separation_borders(labels: NDArray[np.integer]) -> NDArray[np.bool_]:
-    """Object pixels that 4-touch a pixel of another object: set them to background in the target.
+def separation_borders(labels: NDArray[np.integer], width: int = 2) -> NDArray[np.bool_]:
+    """Object pixels at a 4-contact with another object: set them to background in the target.
 
-    Both sides of a contact are marked, so touching objects become separated by a 2-px gap in
-    which they are no longer 4-connected: the network learns to draw that gap.
+    ``width`` 2 marks both sides of every contact (a 2-px gap); ``width`` 1 marks only the side of
+    the larger object id (a 1-px gap: a function of the labels alone, so it turns with the image
+    under flips and rotations). Either way no two pixels of different objects stay 4-adjacent, so
+    the objects are no longer 4-connected and the network learns to draw the gap.
 
     >>> lab = np.array([[1, 1, 2, 2], [1, 1, 2, 2]])
     >>> separation_borders(lab).astype(int)
     array([[0, 1, 1, 0],
            [0, 1, 1, 0]])
+    >>> separation_borders(lab, width=1).astype(int)
+    array([[0, 0, 1, 0],
+           [0, 0, 1, 0]])
     """
+    if width not in SEPARATION_WIDTHS:
+        raise ConfigError(f"the separation border width must be 1 or 2 px, got {width!r}")
     labels = np.asarray(labels)
     out = np.zeros(labels.shape, bool)
     for axis in (0, 1):
-        a = labels[(slice(1, None), slice(None)) if axis == 0 else (slice(None), slice(1, None))]
-        b = labels[(slice(None, -1), slice(None)) if axis == 0 else (slice(None), slice(None, -1))]
+        later = (slice(1, None), slice(None)) if axis == 0 else (slice(None), slice(1, None))
+        earlier = (slice(None, -1), slice(None)) if axis == 0 else (slice(None), slice(None, -1))
+        a, b = labels[later], labels[earlier]
         touch = (a != b) & (a > 0) & (b > 0)
-        if axis == 0:
-            out[1:] |= touch
-            out[:-1] |= touch
-        else:
-            out[:, 1:] |= touch
-            out[:, :-1] |= touch
+        out[later] |= touch if width == 2 else touch & (a > b)
+        out[earlier] |= touch if width == 2 else touch & (b > a)
     return out
 
 
@@ -208,6 +220,10 @@ class TargetSpec:
     """``w_c`` per class; None balances each mask's own frequencies."""
     separation: bool = True
     """Instance masks: background where two objects touch (separation borders)."""
+    separation_width: int = 2
+    """Width of those borders, px: 2 (both sides of a contact) or 1 (one side)."""
+    border_on_objects: bool = False
+    """The border term on object pixels too (:func:`unet_weight_map`); default background only."""
 
 
 def make_target(labels: NDArray[np.int64], spec: TargetSpec
@@ -223,14 +239,15 @@ def make_target(labels: NDArray[np.int64], spec: TargetSpec
     if spec.kind == "instances":
         truth = (labels > 0).astype(np.uint8)
         if spec.separation:
-            labels = np.where(separation_borders(labels), 0, labels)
+            labels = np.where(separation_borders(labels, spec.separation_width), 0, labels)
         target = (labels > 0).astype(np.uint8)
     else:
         truth = target = labels.astype(np.uint8)
         labels = _components(target) if spec.weighted else labels
     if not spec.weighted:
         return target, np.ones(target.shape, np.float32), truth
-    weight = unet_weight_map(labels, spec.w0, spec.sigma, spec.class_weights, classes=target)
+    weight = unet_weight_map(labels, spec.w0, spec.sigma, spec.class_weights, classes=target,
+                             border_on_objects=spec.border_on_objects)
     return target, weight, truth
 
 
