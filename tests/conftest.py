@@ -7,8 +7,12 @@ import importlib.util
 import json
 import os
 import struct
+import subprocess
+import sys
+import time
 import warnings
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -471,3 +475,36 @@ def ome_zarr(request: pytest.FixtureRequest, tmp_path: Path) -> Source:
         group.create_array(f"s{i}", data=data, chunks=(1, 32, 32), **kw)
     group.attrs.update(ngff_meta(version, [0.25, 0.5, 1.0], "micrometer"))
     return path, [lv.transpose(1, 2, 0) for lv in levels]
+
+
+@contextmanager
+def local_dask_cluster(folder: Path, workers: int = 2) -> Iterator[Path]:
+    """A `dask scheduler` and ``workers`` `dask worker` processes (2 threads each) on 127.0.0.1, logging
+    into ``folder``; yields the scheduler file, and stops them all on exit."""
+    sf = folder / "scheduler.json"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    common = ["--scheduler-file", str(sf), "--no-dashboard"]
+    with (folder / "cluster.log").open("w") as log:
+        procs = [subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1",
+                                   "--port", "0", *common], stdout=log, stderr=log, env=env)]
+        try:
+            deadline = time.monotonic() + 60
+            while not sf.exists() and time.monotonic() < deadline:
+                time.sleep(0.1)
+            procs += [subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_worker", "--host", "127.0.0.1",
+                                        "--nthreads", "2", "--nworkers", "1", *common], stdout=log, stderr=log,
+                                       env=env) for _ in range(workers)]
+            from distributed import Client
+
+            with Client(scheduler_file=str(sf), timeout="60s") as c:
+                c.wait_for_workers(workers, timeout=60)
+            yield sf
+        finally:
+            for proc in reversed(procs):
+                proc.terminate()
+            for proc in procs:
+                try:
+                    proc.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()

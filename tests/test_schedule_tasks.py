@@ -3,10 +3,6 @@ same output as a single-process run, and so does a local cluster of worker proce
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,7 +12,7 @@ import zarr
 
 from slideseg.predict import PredictConfig, predict
 from slideseg.schedule.cluster import ClusterConfig
-from tests.conftest import chunk_files, random_rgb, save_tiny_model, write_tiff
+from tests.conftest import chunk_files, local_dask_cluster, random_rgb, save_tiny_model, write_tiff
 
 CFG = PredictConfig(chunk=128, probabilities=True, device="cpu", threads=1)
 
@@ -43,36 +39,8 @@ def _same(a: Path, b: Path) -> None:
 @pytest.fixture
 def scheduler_file(tmp_path: Path) -> Iterator[Path]:
     """A `dask scheduler` and two `dask worker` processes on 127.0.0.1, found via a scheduler file."""
-    sf = tmp_path / "scheduler.json"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    common = ["--scheduler-file", str(sf), "--no-dashboard"]
-    logs = [(tmp_path / f"{n}.log").open("w") for n in ("scheduler", "w1", "w2")]
-    procs = [subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1",
-                               "--port", "0", *common], stdout=logs[0], stderr=logs[0], env=env)]
-    deadline = time.monotonic() + 60
-    while not sf.exists() and time.monotonic() < deadline:
-        time.sleep(0.1)
-    for log in logs[1:]:
-        procs.append(subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_worker", "--host", "127.0.0.1",
-                                       "--nthreads", "2", "--nworkers", "1", *common],
-                                      stdout=log, stderr=log, env=env))
-    from distributed import Client
-
-    with Client(scheduler_file=str(sf), timeout="60s") as c:
-        c.wait_for_workers(2, timeout=60)
-    try:
+    with local_dask_cluster(tmp_path) as sf:
         yield sf
-    finally:
-        for p in reversed(procs):
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
-        for log in logs:
-            log.close()
 
 
 def test_scheduler_file_cluster_matches_single_process(tmp_path: Path, case: tuple[Path, Path, Path],

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from slideseg.tools.objects import ObjectsConfig, objects
+from tests.conftest import local_dask_cluster
 from tests.test_tools_objects import class_mask, store, write_mask
 
 pytestmark = pytest.mark.slow  # a cluster to start, and three runs of 500 units: ~1 min on 2 cores
@@ -27,34 +28,8 @@ SHAPE, CHUNK = (160, 200), 8  # 500 units: a run lasts long enough to be killed 
 @pytest.fixture(scope="module")
 def scheduler_file(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A `dask scheduler` and two `dask worker` processes on 127.0.0.1, found via a scheduler file."""
-    d = tmp_path_factory.mktemp("cluster")
-    sf = d / "scheduler.json"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    common = ["--scheduler-file", str(sf), "--no-dashboard"]
-    with (d / "cluster.log").open("w") as log:
-        procs = [subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1",
-                                   "--port", "0", *common], stdout=log, stderr=log, env=env)]
-        deadline = time.monotonic() + 60
-        while not sf.exists() and time.monotonic() < deadline:
-            time.sleep(0.1)
-        procs += [subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_worker", "--host", "127.0.0.1",
-                                    "--nthreads", "2", "--nworkers", "1", *common], stdout=log, stderr=log, env=env)
-                  for _ in range(2)]
-        from distributed import Client
-
-        try:
-            with Client(scheduler_file=str(sf), timeout="60s") as c:
-                c.wait_for_workers(2, timeout=60)
-            yield sf
-        finally:
-            for p in reversed(procs):
-                p.terminate()
-            for p in procs:
-                try:
-                    p.wait(timeout=20)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-                    p.wait()
+    with local_dask_cluster(tmp_path_factory.mktemp("cluster")) as sf:
+        yield sf
 
 
 @pytest.fixture(scope="module")

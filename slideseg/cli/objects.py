@@ -10,8 +10,19 @@ from typing import Annotated
 import typer
 
 from slideseg.cli._app import _friendly_errors, _given, app, err, out
-
-_SCALE = "Scale-out (cluster)"
+from slideseg.cli._scale import (
+    PANEL,
+    Account,
+    Cluster,
+    Cores,
+    Interface,
+    Jobs,
+    Memory,
+    Queue,
+    SchedulerAddress,
+    SchedulerFile,
+    Walltime,
+)
 
 
 class _PassProgress:
@@ -57,25 +68,19 @@ def objects(
         "--overwrite", help="Replace an existing instance image and table.")] = None,
     workers: Annotated[int | None, typer.Option(
         help="Run on a local cluster of this many worker processes. (default: threads in this process)",
-        rich_help_panel=_SCALE)] = None,
+        rich_help_panel=PANEL)] = None,
     io_threads: Annotated[int | None, typer.Option(
-        help="Threads per worker labelling and writing units. (default: 2)", rich_help_panel=_SCALE)] = None,
-    scheduler_file: Annotated[Path | None, typer.Option(
-        help="Use the running Dask cluster of this scheduler file.", rich_help_panel=_SCALE)] = None,
-    scheduler_address: Annotated[str | None, typer.Option(
-        help="Use the running Dask scheduler at tcp://host:port.", rich_help_panel=_SCALE)] = None,
-    cluster: Annotated[str | None, typer.Option(
-        help="slurm | pbs: start workers as batch jobs (needs slideseg\\[hpc]).", rich_help_panel=_SCALE)] = None,
-    jobs: Annotated[int | None, typer.Option(
-        help="Batch jobs (one worker each). (default: 1)", rich_help_panel=_SCALE)] = None,
-    cores: Annotated[int | None, typer.Option(help="Cores per job. (default: 8)", rich_help_panel=_SCALE)] = None,
-    memory: Annotated[str | None, typer.Option(help="Memory per job. (default: 32GB)", rich_help_panel=_SCALE)] = None,
-    walltime: Annotated[str | None, typer.Option(
-        help="Walltime per job. (default: 04:00:00)", rich_help_panel=_SCALE)] = None,
-    queue: Annotated[str | None, typer.Option(help="Partition or queue.", rich_help_panel=_SCALE)] = None,
-    account: Annotated[str | None, typer.Option(help="Account or project.", rich_help_panel=_SCALE)] = None,
-    interface: Annotated[str | None, typer.Option(
-        help="Scheduler network interface (e.g. ib0).", rich_help_panel=_SCALE)] = None,
+        help="Threads per worker labelling and writing units. (default: 2)", rich_help_panel=PANEL)] = None,
+    scheduler_file: SchedulerFile = None,
+    scheduler_address: SchedulerAddress = None,
+    cluster: Cluster = None,
+    jobs: Jobs = None,
+    cores: Cores = None,
+    memory: Memory = None,
+    walltime: Walltime = None,
+    queue: Queue = None,
+    account: Account = None,
+    interface: Interface = None,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show progress.")] = True,
 ) -> None:
     """Label every object of the mask exactly as one pass over the whole mask would (ids 1, 2, ... in

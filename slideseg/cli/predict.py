@@ -10,11 +10,23 @@ import typer
 from rich.table import Table
 
 from slideseg.cli._app import _friendly_errors, _given, app, err, out
+from slideseg.cli._scale import (
+    PANEL,
+    Account,
+    Cluster,
+    Cores,
+    Interface,
+    Jobs,
+    Memory,
+    Queue,
+    SchedulerAddress,
+    SchedulerFile,
+    Walltime,
+)
 
 _INPUT = "Input"
 _MODEL = "Model and engine"
 _OUTPUT = "Output"
-_SCALE = "Scale-out (cluster)"
 _DISPLAY = "Display"
 
 
@@ -96,27 +108,21 @@ def predict(
         rich_help_panel=_OUTPUT)] = None,
     workers: Annotated[int | None, typer.Option(
         help="Start a local Dask cluster of N worker processes. (default: threads in this process)",
-        rich_help_panel=_SCALE)] = None,
+        rich_help_panel=PANEL)] = None,
     io_threads: Annotated[int | None, typer.Option(
-        help="Threads per worker reading and writing chunks. (default: 2)", rich_help_panel=_SCALE)] = None,
-    scheduler_file: Annotated[Path | None, typer.Option(
-        help="Use the running Dask cluster of this scheduler file.", rich_help_panel=_SCALE)] = None,
-    scheduler_address: Annotated[str | None, typer.Option(
-        help="Use the running Dask scheduler at tcp://host:port.", rich_help_panel=_SCALE)] = None,
-    cluster: Annotated[str | None, typer.Option(
-        help="slurm | pbs: start workers as batch jobs (needs slideseg\\[hpc]).", rich_help_panel=_SCALE)] = None,
-    jobs: Annotated[int | None, typer.Option(
-        help="Batch jobs (one worker each). (default: 1)", rich_help_panel=_SCALE)] = None,
-    cores: Annotated[int | None, typer.Option(help="Cores per job. (default: 8)", rich_help_panel=_SCALE)] = None,
-    memory: Annotated[str | None, typer.Option(help="Memory per job. (default: 32GB)", rich_help_panel=_SCALE)] = None,
+        help="Threads per worker reading and writing chunks. (default: 2)", rich_help_panel=PANEL)] = None,
+    scheduler_file: SchedulerFile = None,
+    scheduler_address: SchedulerAddress = None,
+    cluster: Cluster = None,
+    jobs: Jobs = None,
+    cores: Cores = None,
+    memory: Memory = None,
     gpus_per_job: Annotated[int | None, typer.Option(
-        help="GPUs per job. (default: 0)", rich_help_panel=_SCALE)] = None,
-    walltime: Annotated[str | None, typer.Option(
-        help="Walltime per job. (default: 04:00:00)", rich_help_panel=_SCALE)] = None,
-    queue: Annotated[str | None, typer.Option(help="Partition or queue.", rich_help_panel=_SCALE)] = None,
-    account: Annotated[str | None, typer.Option(help="Account or project.", rich_help_panel=_SCALE)] = None,
-    interface: Annotated[str | None, typer.Option(
-        help="Scheduler network interface (e.g. ib0).", rich_help_panel=_SCALE)] = None,
+        help="GPUs per job. (default: 0)", rich_help_panel=PANEL)] = None,
+    walltime: Walltime = None,
+    queue: Queue = None,
+    account: Account = None,
+    interface: Interface = None,
     progress: Annotated[bool, typer.Option(
         "--progress/--no-progress", help="Show progress (plain lines when not on a terminal).",
         rich_help_panel=_DISPLAY)] = True,

@@ -3,6 +3,7 @@ processes, a running cluster (scheduler file or address), or SLURM/PBS jobs via 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -78,6 +79,21 @@ def _dask_log_level() -> int:
     and also the error raised to the caller, so it is logged only when slideseg's logger is at DEBUG
     (``slideseg --debug``)."""
     return logging.WARNING if logging.getLogger("slideseg").isEnabledFor(logging.DEBUG) else logging.CRITICAL
+
+
+def return_memory() -> None:
+    """Give the memory a finished phase of a long run freed back to the OS, so that the next phase's
+    peak does not stack on it: Python's collector, pyarrow's pool (if loaded), and glibc's heap
+    (``malloc_trim``, as Dask's workers do; skipped where the C library is not glibc)."""
+    import ctypes
+    import gc
+    import sys
+
+    gc.collect()
+    if "pyarrow" in sys.modules:
+        sys.modules["pyarrow"].default_memory_pool().release_unused()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 @contextmanager

@@ -43,7 +43,7 @@ from slideseg.io.ngff import NgffVersion
 from slideseg.io.resample import ResampledSlide, output_shape
 from slideseg.io.slide import open_slide
 from slideseg.plan.tiles import grid_box
-from slideseg.schedule.cluster import ClusterConfig, dask_client
+from slideseg.schedule.cluster import ClusterConfig, dask_client, return_memory
 from slideseg.tools.components import (
     BlockIds,
     BlockSummary,
@@ -240,13 +240,17 @@ def objects(mask_path: str | os.PathLike[str], cfg: ObjectsConfig = ObjectsConfi
             _run(client, _write_unit, job, _maps(numbering, staging, done), in_flight, obs.unit_done)
         finally:
             client.run(_close_all)
+    dropped = numbering.dropped
+    del stitched, numbering, done, left  # the passes are over: what follows needs none of it
+    return_memory()
     table = TableWriter(table_schema(len(plan.channels), job.probabilities), staging / "runs")
     per_class = _assemble(table, staging, job, plan, writer.grid)
-    meta = {**plan.record, "objects": table.rows, "dropped": numbering.dropped, "per_class": per_class}
+    meta = {**plan.record, "objects": table.rows, "dropped": dropped, "per_class": per_class}
     table.finish(plan.table, {**meta, "columns": _column_docs(table.schema.names, plan.channels)}, plan.csv)
-    writer.finalize({"objects": table.rows, "dropped": numbering.dropped, "table": str(plan.table)})  # complete
+    return_memory()
+    writer.finalize({"objects": table.rows, "dropped": dropped, "table": str(plan.table)})  # complete
     shutil.rmtree(staging, ignore_errors=True)
-    return ObjectsResult(writer.path, plan.table, plan.csv, table.rows, per_class, numbering.dropped,
+    return ObjectsResult(writer.path, plan.table, plan.csv, table.rows, per_class, dropped,
                          job.shape, gy * gx, already, plan.scale, time.perf_counter() - t0, plan.notes)
 
 
