@@ -56,7 +56,7 @@ typecheck: venv
 demo: venv
 	mkdir -p $(DEMO)
 	$(SLIDESEG) synth $(DEMO)/demo.ome.tif --size $(DEMO_SIZE) --overwrite
-	$(SLIDESEG) predict $(DEMO)/demo.ome.tif -o $(DEMO)/demo-mask.zarr --probabilities --overwrite
+	$(SLIDESEG) predict $(DEMO)/demo.ome.tif -o $(DEMO)/demo-mask.zarr --probabilities --objects --overwrite
 	$(SLIDESEG) info $(DEMO)/demo-mask.zarr
 	$(SLIDESEG) evaluate $(DEMO)/demo-mask.zarr $(DEMO)/demo.truth.zarr
 

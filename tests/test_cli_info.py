@@ -75,3 +75,26 @@ def test_a_level_that_is_not_there_is_shown_as_missing(mask: Path) -> None:
     d = describe(mask)
     d["levels"] = [*d["levels"], {"path": "1", "shape": None, "chunks": None, "scale": [1.0, 1.0]}]
     assert _summary(d)["levels"] == "40x60, missing"
+
+
+def test_the_objects_of_a_mask_are_shown(mask: Path) -> None:
+    from slideseg.tools.objects import objects
+
+    assert "objects" not in _summary(describe(mask))
+    result = objects(mask)
+    d = describe(mask)
+    assert d["objects"]["objects"] == result.objects and d["objects"]["complete"] is True
+    assert _summary(d)["objects"].startswith(f"{result.objects} (instance image objects/, table ")
+    r = runner.invoke(app, ["info", str(mask)])
+    assert r.exit_code == 0 and f"{result.objects} (instance image" in r.stdout
+
+
+@pytest.mark.parametrize("value", [*WRONG, {"objects": "7", "complete": True}, {"objects": 7}])
+def test_an_objects_entry_of_any_type_is_never_a_crash(mask: Path, value: Any) -> None:
+    row = _summary({**describe(mask), "objects": value}).get("objects")
+    assert row is None if not isinstance(value, dict) else row.startswith("interrupted")
+
+
+def test_an_objects_folder_slideseg_did_not_write_is_reported(mask: Path) -> None:
+    (mask / "objects").mkdir()
+    assert "not an instance image slideseg wrote" in _summary(describe(mask))["objects"]

@@ -61,6 +61,18 @@ def _print_table(path: Path, d: dict[str, Any]) -> None:
         out.print("[dim](--json shows everything)[/]")
 
 
+def _objects_row(found: object) -> str | None:
+    """What `slideseg objects` wrote into a mask, in a few words (None: nothing, or unreadable)."""
+    if not isinstance(found, dict):
+        return None
+    if isinstance(found.get("error"), str):
+        return found["error"]
+    n, table = found.get("objects"), found.get("table")
+    if found.get("complete") is not True or not isinstance(n, int):
+        return "interrupted (finish with `slideseg objects MASK --resume`)"
+    return f"{n} (instance image objects/, table {table})" if isinstance(table, str) else str(n)
+
+
 def _summary(d: dict[str, Any]) -> dict[str, str]:
     """One screen of the most useful facts; `--json` has the rest.
 
@@ -99,6 +111,9 @@ def _summary(d: dict[str, Any]) -> dict[str, str]:
     rows["mpp"] = f"{mpp:.4g} µm/px" if _number(mpp) else "unknown"
     rows["classes"] = ", ".join(f"{c.get('value')} {c.get('name')}" for c in map(_obj, _list(d.get("classes"))))
     rows["probabilities"] = "yes" if d.get("probabilities") else "no"
+    objects = _objects_row(d.get("objects"))
+    if objects:
+        rows["objects"] = objects
     mc = _obj(made.get("model_config"))
     if mc:
         trained = _obj(made.get("model_metadata")).get("trained", True)

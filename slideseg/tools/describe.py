@@ -12,6 +12,7 @@ from slideseg.io.slide import open_slide
 from slideseg.model.bioimageio import is_package, read_package
 from slideseg.model.config import read_model_config
 from slideseg.write.mask import describe_mask
+from slideseg.write.mask_meta import instances_record
 
 
 def describe(path: str | os.PathLike[str], *, series: int | None = None) -> dict[str, Any]:
@@ -43,11 +44,23 @@ def describe(path: str | os.PathLike[str], *, series: int | None = None) -> dict
         return {"kind": "bioimageio", **read_package(p).describe()}
     if p.is_dir():
         try:
-            return {"kind": "mask", **describe_mask(p)}
+            return {"kind": "mask", **describe_mask(p), "objects": _objects(p)}
         except OutputFormatError:
             pass  # a Zarr or OME-Zarr image, not a mask
     with open_slide(p, series=series) as s:
         return {"kind": "slide", **s.describe()}
+
+
+def _objects(mask: Path) -> dict[str, Any] | None:
+    """What ``slideseg objects`` wrote into the mask (count, table, complete), None if nothing; an
+    ``objects/`` that slideseg did not write is reported, not read."""
+    try:
+        record = instances_record(mask)
+    except OutputFormatError as e:
+        return {"error": str(e)}
+    if record is None:
+        return None
+    return {key: record.get(key) for key in ("objects", "dropped", "table", "complete", "instances")}
 
 
 __all__ = ["describe"]

@@ -37,6 +37,8 @@ from slideseg.errors import ConfigError, OutputExistsError, OutputFormatError
 from slideseg.io.ngff import NgffVersion, multiscales_attrs, unwrap, wrap
 from slideseg.plan.tiles import grid_box, grid_boxes, pyramid_shapes
 from slideseg.write.mask import DONE, OBJECTS, _array, _create_level, _halve_box, _json_record
+from slideseg.write.mask_meta import OBJECTS_KIND as KIND
+from slideseg.write.mask_meta import instances_record
 
 COLUMNS: dict[str, str] = {
     "id": "Object id: its value in the instance image, 1, 2, ... in raster order of the object's first pixel.",
@@ -69,7 +71,6 @@ COLUMNS: dict[str, str] = {
 """Columns of the object table and what each holds (``channel_K_*``: one pair per slide channel)."""
 
 
-KIND = "objects"
 """``record["kind"]`` of an instance image written by slideseg."""
 LEVEL_DTYPE = "uint32"
 
@@ -159,31 +160,6 @@ def open_instances(mask_path: str | os.PathLike[str]) -> InstanceWriter:
     record = {k: v for k, v in attrs["slideseg"].items() if k != "complete"}
     shape = (int(level0.shape[0]), int(level0.shape[1]))
     return InstanceWriter(path, group, shape, unit, version or "0.4", mpp, record)
-
-
-def instances_record(mask_path: str | os.PathLike[str]) -> dict[str, Any] | None:
-    """The record of ``MASK/objects`` (with ``complete``), or None when there is none.
-
-    Raises
-    ------
-    OutputFormatError
-        ``MASK/objects`` exists but slideseg did not write it.
-    """
-    path = Path(mask_path) / OBJECTS
-    if not os.path.lexists(path):
-        return None
-    record = None
-    for meta in (path / ".zattrs", path / "zarr.json"):
-        try:
-            attrs = json.loads(meta.read_text())
-        except (OSError, ValueError):
-            continue
-        attrs = attrs.get("attributes", attrs) if meta.name == "zarr.json" else attrs
-        record = attrs.get("slideseg") if isinstance(attrs, dict) else None
-    if path.is_symlink() or not isinstance(record, dict) or record.get("kind") != KIND:
-        raise OutputFormatError(f"{path} exists but is not an instance image slideseg wrote; refusing to touch it: "
-                                "move it away or remove it yourself")
-    return record
 
 
 def remove_instances(mask_path: str | os.PathLike[str]) -> None:

@@ -19,6 +19,7 @@ mask at all (or one that is incomplete) raises :class:`~slideseg.errors.OutputFo
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from collections.abc import Mapping
@@ -46,9 +47,29 @@ from slideseg.io.ngff import (
 from slideseg.plan.tiles import MAX_SIDE, level_shape
 from slideseg.write.labels import ParentLevels
 
-__all__ = ["DONE", "OBJECTS", "PREDICTION", "PROBABILITIES", "TISSUE", "MaskLevels", "MaskMeta", "check_mask_array",
-           "check_probabilities", "count_done", "describe_mask", "mask_array", "mask_meta", "open_mask",
-           "parse_mask_attrs", "read_done", "read_mask", "read_rows", "write_unit"]
+__all__ = [
+    "DONE",
+    "OBJECTS",
+    "OBJECTS_KIND",
+    "PREDICTION",
+    "PROBABILITIES",
+    "TISSUE",
+    "MaskLevels",
+    "MaskMeta",
+    "check_mask_array",
+    "check_probabilities",
+    "count_done",
+    "describe_mask",
+    "instances_record",
+    "mask_array",
+    "mask_meta",
+    "open_mask",
+    "parse_mask_attrs",
+    "read_done",
+    "read_mask",
+    "read_rows",
+    "write_unit",
+]
 
 PROBABILITIES = "probabilities"
 PREDICTION = "prediction"
@@ -56,6 +77,8 @@ DONE = "chunks_done"
 TISSUE = "tissue"
 OBJECTS = "objects"
 """The instance image ``slideseg objects`` writes inside a mask (see :mod:`slideseg.write.instances`)."""
+OBJECTS_KIND = "objects"
+"""``kind`` in the record of an instance image slideseg wrote."""
 _REQUIRED_ATTRS = ("multiscales", "image-label")
 _DONE_BAND = 1 << 22
 """Most ``chunks_done`` elements read at once."""
@@ -409,3 +432,28 @@ def _describe_levels(group: zarr.Group, ms: Multiscale, path: str | os.PathLike[
         out.append({"path": name, "shape": None if node is None else [int(n) for n in node.shape],
                     "chunks": None if node is None else [int(n) for n in node.chunks], "scale": list(scale)})
     return out
+
+
+def instances_record(mask_path: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The record of ``MASK/objects`` (with ``complete``), or None when there is none.
+
+    Raises
+    ------
+    OutputFormatError
+        ``MASK/objects`` exists but slideseg did not write it.
+    """
+    path = Path(mask_path) / OBJECTS
+    if not os.path.lexists(path):
+        return None
+    record = None
+    for meta in (path / ".zattrs", path / "zarr.json"):
+        try:
+            attrs = json.loads(meta.read_text())
+        except (OSError, ValueError):
+            continue
+        attrs = attrs.get("attributes", attrs) if meta.name == "zarr.json" else attrs
+        record = attrs.get("slideseg") if isinstance(attrs, dict) else None
+    if path.is_symlink() or not isinstance(record, dict) or record.get("kind") != OBJECTS_KIND:
+        raise OutputFormatError(f"{path} exists but is not an instance image slideseg wrote; refusing to touch it: "
+                                "move it away or remove it yourself")
+    return record
