@@ -11,9 +11,9 @@
 Data: one synthetic field of nuclei (``slideseg.tools.synth``, ``touching`` so that pairs press
 together; tissue everywhere), rendered as a single-channel uint16 fluorescence-like image (bright
 nuclei, dimmer at their borders and at the seams between touching nuclei, blurred, with noise). Its
-top rows train (slideseg holds a band of them out for validation), the rest is the held-out test.
+top rows train (slideseg holds a 64-px band of their columns out for validation), the rest is the held-out test.
 
-    .venv/bin/python benchmarks/bench_train.py loss [--seeds 0 1 2] [--minutes 2 | --steps 150]
+    .venv/bin/python benchmarks/bench_train.py loss [--seeds 0 1 2] [--minutes 2 | --steps 150 | --steps default]
         [--losses weighted ce] [--w0 10] [--sigma 5] [--separation-width 2]
     .venv/bin/python benchmarks/bench_train.py throughput [--steps 30]
 
@@ -126,6 +126,29 @@ def mean_sd(values: list[float]) -> str:
 
 # -------------------------------------------------------------------------------- 1. weighted vs ce
 
+DEFAULT_BUDGET = "default"
+"""``--steps default``: the budget ``slideseg train`` picks itself (no --steps/--epochs/--max-time)."""
+
+
+def steps_option(text: str) -> int | str:
+    """``--steps``: a positive number of steps, or ``default`` (the recipe's data-sized budget)."""
+    if text == DEFAULT_BUDGET:
+        return text
+    try:
+        steps = int(text)
+    except ValueError:
+        steps = 0
+    if steps < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive number of steps or 'default', found {text!r}")
+    return steps
+
+
+def budget_options(steps: int | str | None, minutes: float) -> dict[str, Any]:
+    """TrainConfig's budget fields for ``--steps``/``--minutes``: none for the recipe's default."""
+    if steps == DEFAULT_BUDGET:
+        return {}
+    return {"steps": steps} if steps else {"max_time": minutes}
+
 
 def train_and_score(train_dir: Path, test_dir: Path, work: Path, name: str, cfg: TrainConfig,
                     arch: dict[str, Any]) -> dict[str, Any]:
@@ -149,16 +172,17 @@ def bench_loss(args: argparse.Namespace) -> None:
               "border_on_objects": args.border_on_objects}
     for seed in args.seeds:
         for loss in args.losses:
-            cfg = TrainConfig(loss=loss, seed=seed, threads=args.threads, **target, **(  # type: ignore[arg-type]
-                {"steps": args.steps} if args.steps else {"max_time": args.minutes}))
+            cfg = TrainConfig(loss=loss, seed=seed, threads=args.threads, **target,
+                              **budget_options(args.steps, args.minutes))
             row = {"loss": loss, "seed": seed, **train_and_score(train_dir, test_dir, args.out, f"{loss}-{seed}",
                                                                   cfg, arch)}
             print(json.dumps(row), flush=True)
             rows.append(row)
-    summary: dict[str, Any] = {"bench": "train loss", "budget": f"{args.steps} steps" if args.steps else
-                               f"{args.minutes} min", "depth": args.depth, "width": args.width, "seeds": args.seeds,
-                               "threads": args.threads, **target, **data_summary(test_dir, args.separation_width),
-                               "machine": machine(),
+    budget = ("the recipe's default" if args.steps == DEFAULT_BUDGET else f"{args.steps} steps" if args.steps
+              else f"{args.minutes} min")
+    summary: dict[str, Any] = {"bench": "train loss", "budget": budget, "depth": args.depth, "width": args.width,
+                               "seeds": args.seeds, "threads": args.threads, **target,
+                               **data_summary(test_dir, args.separation_width), "machine": machine(),
                                "date": time.strftime("%Y-%m-%d")}
     for loss in args.losses:
         sub = [r for r in rows if r["loss"] == loss]
@@ -260,8 +284,8 @@ def main() -> None:
     ap.add_argument("what", choices=["loss", "throughput"])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--minutes", type=float, default=2.0, help="Training time per run (loss).")
-    ap.add_argument("--steps", type=int, default=None, help="loss: steps per run instead of --minutes; "
-                    "throughput: timed steps (default 30).")
+    ap.add_argument("--steps", type=steps_option, default=None, help="loss: steps per run instead of --minutes, or "
+                    "'default': the budget slideseg train picks for the data; throughput: timed steps (default 30).")
     ap.add_argument("--losses", nargs="+", choices=["weighted", "ce"], default=["weighted", "ce"],
                     help="loss: the arms to train (the target options below apply to both).")
     ap.add_argument("--w0", type=float, default=TrainConfig.w0, help="loss: weight of the border term.")
@@ -279,6 +303,8 @@ def main() -> None:
     if args.what == "loss":
         bench_loss(args)
     else:
+        if args.steps == DEFAULT_BUDGET:
+            ap.error("throughput: --steps takes a number of timed steps, not 'default'")
         args.steps = args.steps or 30
         bench_throughput(args)
 
