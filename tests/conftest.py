@@ -36,6 +36,7 @@ from slideseg.schedule.chunks import softmax
 from slideseg.tools.synth import SynthConfig, write_synthetic_slide
 from slideseg.train.data import Item
 from slideseg.write.mask import create_mask
+from tests.fuzz.seeds import write_svs
 
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 
@@ -367,15 +368,7 @@ def svs(tmp_path: Path) -> Source:
     """
     img = smooth_rgb(256, 384)
     path = tmp_path / "slide.svs"
-    jpeg: dict[str, Any] = {"photometric": "rgb", "compression": "jpeg", "metadata": None}
-    with tifffile.TiffWriter(path) as tw:
-        tw.write(img, tile=(64, 64), description=SVS_DESCRIPTION, **jpeg)
-        tw.write(img[::8, ::8], description="Aperio Image Library v12.0.0 \n384x256 -> 48x32|AppMag = 20", **jpeg)
-        for k in (2, 4):
-            tw.write(img[::k, ::k], tile=(64, 64), description=f"Aperio Image Library v12.0.0 \n-> level {k}", **jpeg)
-        tw.write(img[:40, :60], photometric="rgb", compression="lzw", subfiletype=1, metadata=None,
-                 description="Aperio Image Library v12.0.0\nlabel 60x40")
-        tw.write(img[:50, :100], subfiletype=9, description="Aperio Image Library v12.0.0\nmacro 100x50", **jpeg)
+    write_svs(path, img, SVS_DESCRIPTION)
     with tifffile.TiffFile(path) as tif:
         assert tif.is_svs
         assert [s.name for s in tif.series] == ["Baseline", "Thumbnail", "Label", "Macro"]

@@ -71,20 +71,25 @@ def _synth_ome_tiff(folder: Path) -> Seed:
     return Seed("ome-tiff", TIFF, result.image_path, SLIDE_COMMANDS)
 
 
-def _svs(folder: Path) -> Seed:
-    """Aperio layout: tiled JPEG baseline, stripped thumbnail, two tiled levels, label, macro."""
-    img = _gradient_rgb(256, 384, 1)
-    path = folder / "slide.svs"
+def write_svs(path: Path, img: np.ndarray, description: str) -> None:
+    """An Aperio layout (``img`` 256 x 384 RGB): tiled JPEG baseline with ``description``, a stripped
+    thumbnail, two tiled x2 levels, a label (subfiletype 1) and a macro (subfiletype 9)."""
     jpeg: dict[str, Any] = {"photometric": "rgb", "compression": "jpeg", "metadata": None}
-    head = "Aperio Image Library v12.0.0 \n384x256 [0,100 384x256] (64x64) JPEG/RGB Q=70"
     with tifffile.TiffWriter(path) as tw:
-        tw.write(img, tile=(64, 64), description=f"{head}|AppMag = 20|MPP = 0.4990", **jpeg)
+        tw.write(img, tile=(64, 64), description=description, **jpeg)
         tw.write(img[::8, ::8], description="Aperio Image Library v12.0.0 \n384x256 -> 48x32|AppMag = 20", **jpeg)
         for k in (2, 4):
             tw.write(img[::k, ::k], tile=(64, 64), description=f"Aperio Image Library v12.0.0 \n-> level {k}", **jpeg)
         tw.write(img[:40, :60], photometric="rgb", compression="lzw", subfiletype=1, metadata=None,
                  description="Aperio Image Library v12.0.0\nlabel 60x40")
         tw.write(img[:50, :100], subfiletype=9, description="Aperio Image Library v12.0.0\nmacro 100x50", **jpeg)
+
+
+def _svs(folder: Path) -> Seed:
+    """Aperio layout: tiled JPEG baseline, stripped thumbnail, two tiled levels, label, macro."""
+    path = folder / "slide.svs"
+    head = "Aperio Image Library v12.0.0 \n384x256 [0,100 384x256] (64x64) JPEG/RGB Q=70"
+    write_svs(path, _gradient_rgb(256, 384, 1), f"{head}|AppMag = 20|MPP = 0.4990")
     return Seed("svs", TIFF, path, SLIDE_COMMANDS)
 
 
