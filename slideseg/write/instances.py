@@ -37,8 +37,7 @@ from slideseg.errors import ConfigError, OutputExistsError, OutputFormatError
 from slideseg.io.ngff import NgffVersion, multiscales_attrs, unwrap, wrap
 from slideseg.plan.tiles import grid_box, grid_boxes, pyramid_shapes
 from slideseg.write.mask import DONE, OBJECTS, _array, _create_level, _halve_box, _json_record
-from slideseg.write.mask_meta import OBJECTS_KIND as KIND
-from slideseg.write.mask_meta import instances_record
+from slideseg.write.mask_meta import OBJECTS_KIND, instances_record
 
 COLUMNS: dict[str, str] = {
     "id": "Object id: its value in the instance image, 1, 2, ... in raster order of the object's first pixel.",
@@ -135,7 +134,7 @@ def create_instances(mask_path: str | os.PathLike[str], shape: tuple[int, int], 
     """
     path = Path(mask_path) / OBJECTS
     remove_instances(mask_path)
-    rec = _json_record({**record, "kind": KIND})
+    rec = _json_record({**record, "kind": OBJECTS_KIND})
     root = zarr.open_group(mask_path, mode="r+")
     group = root.create_group(OBJECTS, attributes=_attrs(version, 1, mpp, rec, complete=False))
     _create_level(group, "0", shape, chunks, version, unit, dtype=LEVEL_DTYPE)

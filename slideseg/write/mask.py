@@ -53,6 +53,7 @@ from slideseg.write.mask_meta import (
     check_probabilities,
     count_done,
     describe_mask,
+    group_attrs,
     mask_array,
     mask_meta,
     open_mask,
@@ -422,8 +423,7 @@ def _clear_output(path: Path, overwrite: bool) -> None:
             f"another output path"
         )
     entries = {e.name for e in path.iterdir()}
-    attrs = _read_json(path / ".zattrs") or _read_json(path / "zarr.json").get("attributes", {})
-    record = attrs.get("slideseg") if isinstance(attrs, dict) else None
+    record = group_attrs(path).get("slideseg")
     into_paths = set((record or {}).get("into", {}).get("paths", [])) if isinstance(record, dict) else set()
     foreign = sorted(e for e in entries - _OWN_ENTRIES - into_paths if not e.isdigit())
     if entries and (foreign or record is None):
@@ -433,14 +433,6 @@ def _clear_output(path: Path, overwrite: bool) -> None:
             f"with --overwrite: remove it yourself or choose another output path"
         )
     shutil.rmtree(path)
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
 
 
 def _array(group: zarr.Group, key: str) -> zarr.Array[Any]:

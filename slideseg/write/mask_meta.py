@@ -445,15 +445,23 @@ def instances_record(mask_path: str | os.PathLike[str]) -> dict[str, Any] | None
     path = Path(mask_path) / OBJECTS
     if not os.path.lexists(path):
         return None
-    record = None
-    for meta in (path / ".zattrs", path / "zarr.json"):
-        try:
-            attrs = json.loads(meta.read_text())
-        except (OSError, ValueError):
-            continue
-        attrs = attrs.get("attributes", attrs) if meta.name == "zarr.json" else attrs
-        record = attrs.get("slideseg") if isinstance(attrs, dict) else None
+    record = group_attrs(path).get("slideseg")
     if path.is_symlink() or not isinstance(record, dict) or record.get("kind") != OBJECTS_KIND:
         raise OutputFormatError(f"{path} exists but is not an instance image slideseg wrote; refusing to touch it: "
                                 "move it away or remove it yourself")
     return record
+
+
+def group_attrs(path: Path) -> dict[str, Any]:
+    """The attributes of the Zarr group at ``path`` (v2 ``.zattrs`` or v3 ``zarr.json``) read as plain
+    JSON, without zarr; {} where there are none or they cannot be read."""
+    attrs = _json_object(path / ".zattrs") or _json_object(path / "zarr.json").get("attributes", {})
+    return attrs if isinstance(attrs, dict) else {}
+
+
+def _json_object(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
